@@ -1,0 +1,124 @@
+"""`python -m serving export|demo-models|serve|up|down|status`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional
+
+from serving.bundle import BundleError
+
+
+def _export(args: argparse.Namespace) -> int:
+    from serving.export import export_bundle
+
+    fetch_names = args.fetch_names.split(",") if args.fetch_names else None
+    meta = export_bundle(
+        args.model, args.out, name=args.name, version=args.version, fetch_names=fetch_names
+    )
+    print(f"exported {meta.name} (version {meta.version}) to {args.out}")
+    for spec in meta.feeds:
+        print(f"  feed  {spec.name}: {spec.dtype} {list(spec.shape)}")
+    for spec in meta.fetches:
+        print(f"  fetch {spec.name}: {spec.dtype} {list(spec.shape)} (graph var {spec.var})")
+    return 0
+
+
+def _demo_models(args: argparse.Namespace) -> int:
+    from serving.demo_models import build_demo_models
+
+    for bundle, (meta, accuracy) in build_demo_models(args.out).items():
+        print(
+            f"{bundle}: version {meta.version}, held-out accuracy {accuracy:.3f}",
+            f"-> {args.out / bundle}",
+        )
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from serving.launcher import free_port
+    from serving.pipeline_service import ServeOptions, parse_device, serve_forever
+
+    parse_device(args.device)
+    options = ServeOptions(
+        bundle_dir=args.model,
+        http_port=args.http_port,
+        rpc_port=args.rpc_port or free_port(),
+        device=args.device,
+        concurrency=args.concurrency,
+        batch_size=args.batch_size,
+        batch_timeout_ms=args.batch_timeout_ms,
+        cpu_threads=args.cpu_threads,
+    )
+    workdir = args.workdir or Path("run/serving") / f"{args.model.name}-{args.http_port}"
+    serve_forever(options, workdir.resolve())
+    return 0
+
+
+def _fleet(args: argparse.Namespace) -> int:
+    from serving import fleet
+
+    return fleet.run_command(
+        args.command, args.config, args.run_dir, args.backend or None, args.device
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    export = commands.add_parser("export", help="paddle.jit.save prefix -> Paddle Serving bundle")
+    export.add_argument("--model", type=Path, required=True, help="prefix given to paddle.jit.save")
+    export.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    export.add_argument(
+        "--name", help="service name, served at /<name>/prediction (default: prefix name)"
+    )
+    export.add_argument("--version", default="1", help="model version reported to clients")
+    export.add_argument("--fetch-names", help="comma-separated client names for the model outputs")
+    export.set_defaults(run=_export)
+
+    demo = commands.add_parser("demo-models", help="train and export the two demo sentiment models")
+    demo.add_argument("--out", type=Path, required=True)
+    demo.set_defaults(run=_demo_models)
+
+    serve = commands.add_parser(
+        "serve", help="one pipeline server for one bundle, in the foreground"
+    )
+    serve.add_argument("--model", type=Path, required=True, help="bundle directory")
+    serve.add_argument("--http-port", type=int, required=True)
+    serve.add_argument("--rpc-port", type=int, default=0, help="gRPC port (default: a free one)")
+    serve.add_argument("--device", default="cpu", help="cpu or gpu:N")
+    serve.add_argument("--concurrency", type=int, default=1, help="predictor threads")
+    serve.add_argument("--batch-size", type=int, default=1, help=">1 enables auto-batching")
+    serve.add_argument("--batch-timeout-ms", type=int, default=2, help="auto-batching wait")
+    serve.add_argument("--cpu-threads", type=int, default=1, help="math threads per predictor")
+    serve.add_argument("--workdir", type=Path, help="where Paddle Serving writes its logs")
+    serve.set_defaults(run=_serve)
+
+    for name, text in (
+        ("up", "start every backend of the registry that has a local model"),
+        ("down", "stop the backends started by `up`"),
+        ("status", "report the backends: pid, endpoint, ready"),
+    ):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--config", type=Path, default=Path("experiments.yaml"))
+        sub.add_argument("--run-dir", type=Path, default=Path("run"), help="pid files and logs")
+        sub.add_argument("--backend", action="append", help="only this backend (repeatable)")
+        sub.add_argument("--device", help="override every backend's device (cpu, gpu:N)")
+        sub.set_defaults(run=_fleet)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except (BundleError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

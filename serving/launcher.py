@@ -1,0 +1,191 @@
+"""Start, probe and stop pipeline servers as background processes (used by `up`, tests, demo)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from serving.bundle import BundleMeta, read_bundle
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ServerError(Exception):
+    """A pipeline server did not start or did not become ready."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def probe_request(meta: BundleMeta) -> dict[str, Any]:
+    """A valid one-row request of zeros: proves the model is loaded and answering."""
+    keys, values = [], []
+    for spec in meta.feeds:
+        shape = [1] + [d if d >= 0 else 1 for d in spec.shape[1:]]
+        zeros: Any = 0
+        for size in reversed(shape):
+            zeros = [zeros] * size
+        keys.append(spec.name)
+        values.append(json.dumps(zeros))
+    return {"key": keys, "value": values}
+
+
+def post_json(url: str, body: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as reply:
+        result: dict[str, Any] = json.loads(reply.read())
+        return result
+
+
+def is_ready(base_url: str, meta: BundleMeta, timeout: float = 2.0) -> bool:
+    try:
+        reply = post_json(f"{base_url}/{meta.name}/prediction", probe_request(meta), timeout)
+    except (OSError, ValueError, urllib.error.URLError):
+        return False
+    return reply.get("err_no") == 0
+
+
+@dataclass
+class ServerProcess:
+    """A pipeline server running in its own process group."""
+
+    bundle_dir: Path
+    meta: BundleMeta
+    http_port: int
+    workdir: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def log_tail(self, lines: int = 30) -> str:
+        return log_tail(self.workdir / "server.log", lines)
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerError(
+                    f"pipeline server for {self.bundle_dir} exited "
+                    f"with {self.process.returncode}:\n" + self.log_tail()
+                )
+            if is_ready(self.url, self.meta):
+                return
+            time.sleep(0.3)
+        raise ServerError(
+            f"pipeline server for {self.bundle_dir} not ready after {timeout:.0f}s:\n"
+            + self.log_tail()
+        )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the server's process group (resuming it first if suspended), then SIGKILL."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGCONT)
+        stop_process_group(self.pid, timeout)
+        self.process.wait()
+
+    # Fault injection (tests, benchmarks): the whole group, gateway included.
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def suspend(self) -> None:
+        os.killpg(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.pid, signal.SIGCONT)
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no log at {path})"
+
+
+def start_server(
+    bundle_dir: Path,
+    http_port: int,
+    workdir: Path,
+    *,
+    device: str = "cpu",
+    concurrency: int = 1,
+    batch_size: int = 1,
+    rpc_port: Optional[int] = None,
+    env: Optional[dict[str, str]] = None,
+) -> ServerProcess:
+    """Start `python -m serving serve` in a new session; returns at once (see `wait_ready`)."""
+    meta = read_bundle(bundle_dir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable, "-m", "serving", "serve",
+        "--model", str(bundle_dir.resolve()),
+        "--http-port", str(http_port),
+        "--rpc-port", str(rpc_port or free_port()),
+        "--device", device,
+        "--concurrency", str(concurrency),
+        "--batch-size", str(batch_size),
+        "--workdir", str(workdir.resolve()),
+    ]  # fmt: skip
+    with open(workdir / "server.log", "ab") as log_file:
+        process = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: stop() takes every child with it
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})},
+        )
+    return ServerProcess(bundle_dir, meta, http_port, workdir, process)
+
+
+def stop_process_group(pid: int, timeout: float = 10.0) -> None:
+    """SIGTERM the process group led by `pid`, then SIGKILL what is left after `timeout`."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not group_alive(pid):
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def group_alive(pgid: int) -> bool:
+    """True while any process of group `pgid` is running (zombies do not count)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False

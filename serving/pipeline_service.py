@@ -1,0 +1,188 @@
+"""One official Paddle Serving pipeline server (WebService, local_predictor) for any bundle.
+
+The generic op decodes each feed named in the bundle's metadata from the pipeline request
+(`{"key": [...], "value": ["<JSON array>", ...]}`), checks its shape, casts it to the feed's
+dtype, and returns every fetch as JSON text. A bad request raises in `preprocess`, which Paddle
+Serving turns into a reply with `err_no != 0` and our message in `err_msg`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, Optional
+
+import numpy as np
+
+from serving.bundle import BundleMeta, read_bundle
+
+log = logging.getLogger("serving")
+
+OP_NAME = "bundle"
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    bundle_dir: Path
+    http_port: int
+    rpc_port: int
+    device: str = "cpu"  # cpu | gpu:N
+    concurrency: int = 1
+    batch_size: int = 1
+    batch_timeout_ms: int = 2
+    cpu_threads: int = 1
+
+
+def parse_device(device: str) -> tuple[int, str]:
+    """`cpu` or `gpu:N` -> Paddle Serving's (device_type, devices)."""
+    if device == "cpu":
+        return 0, ""
+    kind, _, index = device.partition(":")
+    if kind == "gpu" and index.isdigit():
+        return 1, index
+    raise ValueError(f"--device {device!r}: expected cpu or gpu:N (e.g. gpu:0)")
+
+
+def pipeline_config(options: ServeOptions, meta: BundleMeta) -> dict[str, Any]:
+    device_type, devices = parse_device(options.device)
+    return {
+        "rpc_port": options.rpc_port,
+        "http_port": options.http_port,
+        "worker_num": 1,
+        "dag": {"is_thread_op": True, "retry": 1, "tracer": {"interval_s": -1}},
+        "op": {
+            OP_NAME: {
+                "concurrency": options.concurrency,
+                "batch_size": options.batch_size,
+                "auto_batching_timeout": options.batch_timeout_ms,
+                "local_service_conf": {
+                    "model_config": str(options.bundle_dir.resolve()),
+                    "client_type": "local_predictor",
+                    "device_type": device_type,
+                    "devices": devices,
+                    "fetch_list": [spec.name for spec in meta.fetches],
+                    "thread_num": options.cpu_threads,
+                    "ir_optim": False,
+                },
+            }
+        },
+    }
+
+
+def decode_feeds(meta: BundleMeta, request: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Pipeline request fields -> checked, typed arrays, one per feed. Raises ValueError."""
+    expected = {spec.name for spec in meta.feeds}
+    unknown = sorted(set(request) - expected)
+    if unknown:
+        raise ValueError(f"unknown feed(s) {unknown}; this model takes {sorted(expected)}")
+    feeds: dict[str, np.ndarray] = {}
+    for spec in meta.feeds:
+        if spec.name not in request:
+            raise ValueError(f"missing feed '{spec.name}' ({spec.dtype}, shape {list(spec.shape)})")
+        raw = request[spec.name]
+        try:
+            value = json.loads(raw) if isinstance(raw, (str, bytes)) else raw
+            array = np.asarray(value)
+        except ValueError as exc:
+            raise ValueError(f"feed '{spec.name}': not a JSON array ({exc})") from exc
+        if array.dtype == object or array.dtype.kind not in "biuf":
+            raise ValueError(
+                f"feed '{spec.name}': expected a rectangular array of numbers ({spec.dtype}), "
+                f"got {array.dtype.name} values"
+            )
+        if np.dtype(spec.dtype).kind in "iu" and array.dtype.kind == "f":
+            raise ValueError(f"feed '{spec.name}': expected integers ({spec.dtype}), got floats")
+        spec.check(array)
+        feeds[spec.var] = array.astype(spec.dtype)
+    batch_sizes = {array.shape[0] for array in feeds.values()}
+    if len(batch_sizes) > 1:
+        raise ValueError(f"feeds disagree on the batch size: {sorted(batch_sizes)}")
+    return feeds
+
+
+def encode_fetches(meta: BundleMeta, fetch_map: dict[str, Any]) -> dict[str, str]:
+    return {
+        spec.name: json.dumps(np.asarray(fetch_map[spec.name]).tolist()) for spec in meta.fetches
+    }
+
+
+def build_service(options: ServeOptions) -> Any:
+    """The WebService, ready for `run_service()`; imports Paddle Serving only here."""
+    from paddle_serving_server.web_service import Op, WebService
+
+    meta = read_bundle(options.bundle_dir)
+
+    class BundleOp(Op):  # type: ignore[misc]
+        def preprocess(
+            self, input_dicts: dict[str, Any], data_id: int, log_id: int
+        ) -> tuple[dict[str, np.ndarray], bool, None, str]:
+            ((_, request),) = input_dicts.items()
+            return decode_feeds(meta, request), False, None, ""
+
+        def postprocess(
+            self, input_dicts: dict[str, Any], fetch_dict: dict[str, Any], data_id: int, log_id: int
+        ) -> tuple[dict[str, str], None, str]:
+            return encode_fetches(meta, fetch_dict), None, ""
+
+    class BundleService(WebService):  # type: ignore[misc]
+        def get_pipeline_response(self, read_op: Any) -> Any:
+            return BundleOp(name=OP_NAME, input_ops=[read_op])
+
+    service = BundleService(name=meta.name)
+    service.prepare_pipeline_config(yml_dict=pipeline_config(options, meta))
+    return service
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid`, from /proc (Paddle Serving starts several processes)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _stop_children_and_exit(signum: int, _frame: Optional[FrameType]) -> None:
+    for child in _descendants(os.getpid()):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+    # os._exit: Paddle Serving's non-daemon threads would otherwise keep the process alive.
+    os._exit(128 + signum)
+
+
+def serve_forever(options: ServeOptions, workdir: Path) -> None:
+    """Run the server in the foreground from `workdir` until SIGTERM/SIGINT."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    bundle_dir = options.bundle_dir.resolve()
+    os.chdir(
+        workdir
+    )  # Paddle Serving writes PipelineServingLogs/ and ProcessInfo.json into the cwd
+    service = build_service(ServeOptions(**{**options.__dict__, "bundle_dir": bundle_dir}))
+    signal.signal(signal.SIGTERM, _stop_children_and_exit)
+    signal.signal(signal.SIGINT, _stop_children_and_exit)
+    print(
+        f"serving {bundle_dir} on http://127.0.0.1:{options.http_port} "
+        f"(rpc {options.rpc_port}, {options.device}, workdir {workdir}) at {time.strftime('%X')}",
+        file=sys.stderr,
+        flush=True,
+    )
+    service.run_service()
