@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from serving.bundle import BundleError
+from serving.launcher import ServerError
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -38,21 +39,37 @@ def _demo_models(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from serving.launcher import free_port
-    from serving.pipeline_service import ServeOptions, parse_device, serve_forever
+    from serving.pipeline_service import ServeOptions, parse_device, serve_forever, supervise
 
     parse_device(args.device)
+    workdir = (
+        args.workdir or Path("run/serving") / f"{args.model.name}-{args.http_port}"
+    ).resolve()
+    if not args.worker:
+        worker = [
+            sys.executable, "-m", "serving", "serve", "--worker",
+            "--model", str(args.model.resolve()),
+            "--http-port", str(args.http_port),
+            "--rpc-port", str(args.rpc_port or free_port()),
+            "--device", args.device,
+            "--concurrency", str(args.concurrency),
+            "--batch-size", str(args.batch_size),
+            "--batch-timeout-ms", str(args.batch_timeout_ms),
+            "--cpu-threads", str(args.cpu_threads),
+            "--workdir", str(workdir),
+        ]  # fmt: skip
+        return supervise(worker)
     options = ServeOptions(
         bundle_dir=args.model,
         http_port=args.http_port,
-        rpc_port=args.rpc_port or free_port(),
+        rpc_port=args.rpc_port,
         device=args.device,
         concurrency=args.concurrency,
         batch_size=args.batch_size,
         batch_timeout_ms=args.batch_timeout_ms,
         cpu_threads=args.cpu_threads,
     )
-    workdir = args.workdir or Path("run/serving") / f"{args.model.name}-{args.http_port}"
-    serve_forever(options, workdir.resolve())
+    serve_forever(options, workdir)
     return 0
 
 
@@ -94,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--batch-timeout-ms", type=int, default=2, help="auto-batching wait")
     serve.add_argument("--cpu-threads", type=int, default=1, help="math threads per predictor")
     serve.add_argument("--workdir", type=Path, help="where Paddle Serving writes its logs")
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(run=_serve)
 
     for name, text in (
@@ -114,7 +132,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.run(args)
-    except (BundleError, ValueError) as exc:
+    except (BundleError, ServerError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return code

@@ -38,10 +38,10 @@ class Recipe:
 
 RECIPES = {
     "sentiment_v1": Recipe(
-        "legacy_v1", seed=11, train_size=4000, steps=150, negation_rate=0.0, hidden=32
+        "legacy_v1", seed=11, train_size=4000, steps=80, negation_rate=0.0, hidden=24
     ),
     "sentiment_v2": Recipe(
-        "paddle_new_v2", seed=22, train_size=8000, steps=450, negation_rate=0.35, hidden=48
+        "paddle_new_v2", seed=22, train_size=8000, steps=400, negation_rate=0.35, hidden=32
     ),
 }
 HELD_OUT_SEED = 2026

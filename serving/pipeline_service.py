@@ -9,10 +9,12 @@ Serving turns into a reply with `err_no != 0` and our message in `err_msg`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -90,15 +92,18 @@ def decode_feeds(meta: BundleMeta, request: dict[str, Any]) -> dict[str, np.ndar
         raw = request[spec.name]
         try:
             value = json.loads(raw) if isinstance(raw, (str, bytes)) else raw
-            array = np.asarray(value)
         except ValueError as exc:
             raise ValueError(f"feed '{spec.name}': not a JSON array ({exc})") from exc
-        if array.dtype == object or array.dtype.kind not in "biuf":
+        try:
+            array = np.asarray(value)
+        except ValueError:  # ragged nesting
+            array = np.asarray(None, dtype=object)
+        if array.size and (array.dtype == object or array.dtype.kind not in "biuf"):
             raise ValueError(
                 f"feed '{spec.name}': expected a rectangular array of numbers ({spec.dtype}), "
                 f"got {array.dtype.name} values"
             )
-        if np.dtype(spec.dtype).kind in "iu" and array.dtype.kind == "f":
+        if array.size and np.dtype(spec.dtype).kind in "iu" and array.dtype.kind == "f":
             raise ValueError(f"feed '{spec.name}': expected integers ({spec.dtype}), got floats")
         spec.check(array)
         feeds[spec.var] = array.astype(spec.dtype)
@@ -161,24 +166,38 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _stop_children_and_exit(signum: int, _frame: Optional[FrameType]) -> None:
+def _kill_descendants() -> None:
     for child in _descendants(os.getpid()):
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)
-    # os._exit: Paddle Serving's non-daemon threads would otherwise keep the process alive.
-    os._exit(128 + signum)
+
+
+def supervise(worker_command: list[str]) -> int:
+    """Run the server as a child and take its whole process tree down with us.
+
+    Paddle installs its own SIGTERM handler once a predictor exists, and Paddle Serving's HTTP
+    gateway is a child process that outlives its parent; so the process that receives signals
+    is this small supervisor, which never imports Paddle.
+    """
+    worker = subprocess.Popen(worker_command)
+
+    def stop(signum: int, _frame: Optional[FrameType]) -> None:
+        _kill_descendants()
+        os._exit(128 + signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, stop)
+    code = worker.wait()
+    _kill_descendants()  # the gateway, orphaned when the worker died on its own
+    return code
 
 
 def serve_forever(options: ServeOptions, workdir: Path) -> None:
-    """Run the server in the foreground from `workdir` until SIGTERM/SIGINT."""
+    """Run the server in this process from `workdir` (the supervisor's worker)."""
     workdir.mkdir(parents=True, exist_ok=True)
     bundle_dir = options.bundle_dir.resolve()
-    os.chdir(
-        workdir
-    )  # Paddle Serving writes PipelineServingLogs/ and ProcessInfo.json into the cwd
-    service = build_service(ServeOptions(**{**options.__dict__, "bundle_dir": bundle_dir}))
-    signal.signal(signal.SIGTERM, _stop_children_and_exit)
-    signal.signal(signal.SIGINT, _stop_children_and_exit)
+    os.chdir(workdir)  # Paddle Serving writes PipelineServingLogs/ and ProcessInfo.json into cwd
+    service = build_service(dataclasses.replace(options, bundle_dir=bundle_dir))
     print(
         f"serving {bundle_dir} on http://127.0.0.1:{options.http_port} "
         f"(rpc {options.rpc_port}, {options.device}, workdir {workdir}) at {time.strftime('%X')}",
