@@ -85,5 +85,5 @@ def test_fetch_names_must_match_the_outputs(tiny_prefix: Path, tmp_path: Path) -
 
 def test_read_bundle_explains_a_non_bundle(tmp_path: Path) -> None:
     (tmp_path / "inference.pdmodel").write_bytes(b"")
-    with pytest.raises(BundleError, match="missing inference.pdiparams"):
+    with pytest.raises(BundleError, match=r"missing inference\.pdiparams"):
         read_bundle(tmp_path)
