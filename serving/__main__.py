@@ -42,6 +42,11 @@ def _serve(args: argparse.Namespace) -> int:
     from serving.pipeline_service import ServeOptions, parse_device, serve_forever, supervise
 
     parse_device(args.device)
+    if not 1 <= args.batch_size < args.rpc_threads:
+        # Paddle Serving's auto-batching deadlocks when a batch can take every gRPC thread.
+        raise ValueError(
+            f"--batch-size must be between 1 and --rpc-threads - 1 ({args.rpc_threads - 1})"
+        )
     workdir = (
         args.workdir or Path("run/serving") / f"{args.model.name}-{args.http_port}"
     ).resolve()
@@ -56,6 +61,7 @@ def _serve(args: argparse.Namespace) -> int:
             "--batch-size", str(args.batch_size),
             "--batch-timeout-ms", str(args.batch_timeout_ms),
             "--cpu-threads", str(args.cpu_threads),
+            "--rpc-threads", str(args.rpc_threads),
             "--workdir", str(workdir),
         ]  # fmt: skip
         return supervise(worker)
@@ -68,6 +74,7 @@ def _serve(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         batch_timeout_ms=args.batch_timeout_ms,
         cpu_threads=args.cpu_threads,
+        rpc_threads=args.rpc_threads,
     )
     serve_forever(options, workdir)
     return 0
@@ -79,6 +86,16 @@ def _fleet(args: argparse.Namespace) -> int:
     return fleet.run_command(
         args.command, args.config, args.run_dir, args.backend or None, args.device
     )
+
+
+def _systemd(args: argparse.Namespace) -> int:
+    from serving import fleet
+
+    servers = fleet.local_servers(args.config, args.backend or None, args.device)
+    for unit in fleet.write_systemd_units(servers, args.out, args.run_dir.resolve()):
+        print(f"wrote {unit}")
+    print("then: systemctl daemon-reload && systemctl enable --now paddle-serving-<backend>-<port>")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--batch-size", type=int, default=1, help=">1 enables auto-batching")
     serve.add_argument("--batch-timeout-ms", type=int, default=2, help="auto-batching wait")
     serve.add_argument("--cpu-threads", type=int, default=1, help="math threads per predictor")
+    serve.add_argument(
+        "--rpc-threads", type=int, default=32, help="gRPC threads (requests in flight)"
+    )
     serve.add_argument("--workdir", type=Path, help="where Paddle Serving writes its logs")
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(run=_serve)
@@ -125,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--backend", action="append", help="only this backend (repeatable)")
         sub.add_argument("--device", help="override every backend's device (cpu, gpu:N)")
         sub.set_defaults(run=_fleet)
+    units = commands.add_parser("systemd", help="write a systemd unit per local backend endpoint")
+    units.add_argument("--config", type=Path, default=Path("experiments.yaml"))
+    units.add_argument("--out", type=Path, required=True, help="e.g. /etc/systemd/system")
+    units.add_argument("--run-dir", type=Path, default=Path("run"), help="work dirs and logs")
+    units.add_argument("--backend", action="append", help="only this backend (repeatable)")
+    units.add_argument("--device", help="override every backend's device (cpu, gpu:N)")
+    units.set_defaults(run=_systemd)
     return parser
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import socket
+import string
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +21,14 @@ from urllib.parse import urlsplit
 import yaml
 
 from serving.bundle import BundleError, read_bundle
-from serving.launcher import ServerError, group_alive, is_ready, start_server, stop_process_group
+from serving.launcher import (
+    REPO_ROOT,
+    ServerError,
+    group_alive,
+    is_ready,
+    start_server,
+    stop_process_group,
+)
 from serving.pipeline_service import parse_device
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "0.0.0.0", "::1", socket.gethostname()}
@@ -147,6 +156,28 @@ def status(servers: Sequence[LocalServer], run_dir: Path) -> int:
         all_ready &= ready
         print(f"{server.key:<28} {pid or '-':>8}  {server.url:<28} {'yes' if ready else 'no'}")
     return 0 if all_ready else 1
+
+
+def write_systemd_units(servers: Sequence[LocalServer], out_dir: Path, run_dir: Path) -> list[Path]:
+    """Render deploy/systemd/paddle-serving.service.in once per server into `out_dir`."""
+    template = string.Template((REPO_ROOT / "deploy/systemd/paddle-serving.service.in").read_text())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for server in servers:
+        unit = out_dir / f"paddle-serving-{server.key}.service"
+        unit.write_text(
+            template.substitute(
+                key=server.key,
+                repo=REPO_ROOT,
+                python=sys.executable,
+                model=server.model,
+                port=server.port,
+                device=server.device,
+                workdir=run_dir / "serving" / server.key,
+            )
+        )
+        written.append(unit)
+    return written
 
 
 def run_command(

@@ -41,6 +41,7 @@ class ServeOptions:
     batch_size: int = 1
     batch_timeout_ms: int = 2
     cpu_threads: int = 1
+    rpc_threads: int = 32
 
 
 def parse_device(device: str) -> tuple[int, str]:
@@ -58,7 +59,8 @@ def pipeline_config(options: ServeOptions, meta: BundleMeta) -> dict[str, Any]:
     return {
         "rpc_port": options.rpc_port,
         "http_port": options.http_port,
-        "worker_num": 1,
+        # The gRPC thread pool: with 1, requests are handled one at a time and never batched.
+        "worker_num": options.rpc_threads,
         "dag": {"is_thread_op": True, "retry": 1, "tracer": {"interval_s": -1}},
         "op": {
             OP_NAME: {

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Start, stop or report the Paddle Serving backends of a registry that live on this node.
+set -euo pipefail
+
+usage() {
+  cat <<'EOF'
+usage: scripts/deploy.sh up|down|status [options]
+
+On a serving node: the backends of the registry that have a `model:` and an endpoint on this
+machine get one Paddle Serving pipeline server each, on the endpoint's port.
+
+  up       set up .venv (GPU stack with --gpu), export the demo models if the registry's bundles
+           are missing, start the backends, wait until each answers, report the endpoints
+  down     stop the backends started by `up`
+  status   pid, endpoint and readiness of each backend (exit 1 unless all are ready)
+
+options:
+  --config FILE        registry (default: experiments.yaml)
+  --gpu N              run every backend on GPU N (installs paddlepaddle-gpu and
+                       paddle-serving-server-gpu); default: each backend's `device:`
+  --backend NAME       only this backend (repeatable)
+  --run-dir DIR        pid files and logs (default: run/)
+  --systemd DIR        also write systemd units for the backends into DIR (e.g.
+                       /etc/systemd/system), from deploy/systemd/paddle-serving@.service
+  -h, --help           this text
+EOF
+}
+
+[ $# -ge 1 ] || { usage >&2; exit 2; }
+action="$1"
+shift
+case "$action" in
+  up|down|status) ;;
+  -h|--help) usage; exit 0 ;;
+  *) echo "deploy.sh: unknown action: $action" >&2; usage >&2; exit 2 ;;
+esac
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+config="experiments.yaml"
+run_dir="run"
+gpu=""
+systemd_dir=""
+backends=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --config) config="$2"; shift 2 ;;
+    --gpu) gpu="$2"; shift 2 ;;
+    --backend) backends+=(--backend "$2"); shift 2 ;;
+    --run-dir) run_dir="$2"; shift 2 ;;
+    --systemd) systemd_dir="$2"; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "deploy.sh: unknown option: $1" >&2; usage >&2; exit 2 ;;
+  esac
+done
+[ -f "$config" ] || { echo "deploy.sh: registry not found: $config" >&2; exit 2; }
+config="$(cd "$(dirname "$config")" && pwd)/$(basename "$config")"
+mkdir -p "$run_dir"
+run_dir="$(cd "$run_dir" && pwd)"
+
+device_args=()
+if [ -n "$gpu" ]; then
+  [[ "$gpu" =~ ^[0-9]+$ ]] || { echo "deploy.sh: --gpu takes a GPU index, e.g. --gpu 0" >&2; exit 2; }
+  device_args=(--device "gpu:$gpu")
+fi
+
+python="$root/.venv/bin/python"
+serving() { (cd "$root" && "$python" -m serving "$@"); }
+
+if [ "$action" = up ]; then
+  if [ -n "$gpu" ]; then "$root/scripts/setup.sh" --gpu; else "$root/scripts/setup.sh"; fi
+  # Export the demo bundles when the registry points at them and they are not there yet.
+  while IFS=$'\t' read -r name model; do
+    [ -n "$model" ] || continue
+    if [ ! -f "$model/bundle.json" ]; then
+      case "$(basename "$model")" in
+        sentiment_v1|sentiment_v2)
+          echo "deploy: $name: exporting the demo models into $(dirname "$model")"
+          serving demo-models --out "$(dirname "$model")" ;;
+        *)
+          echo "deploy: $name: no bundle at $model; export it with" \
+               "'python -m serving export --model PREFIX --out $model'" >&2
+          exit 1 ;;
+      esac
+    fi
+  done < <(cd "$root" && "$python" -c '
+import sys
+from serving.fleet import local_servers
+from pathlib import Path
+for server in local_servers(Path(sys.argv[1])):
+    print(f"{server.backend}\t{server.model}")
+' "$config" | sort -u)
+fi
+
+serving "$action" --config "$config" --run-dir "$run_dir" ${backends[@]+"${backends[@]}"} \
+  ${device_args[@]+"${device_args[@]}"}
+
+if [ "$action" = up ] && [ -n "$systemd_dir" ]; then
+  (cd "$root" && "$python" -m serving systemd --config "$config" --out "$systemd_dir" \
+    ${backends[@]+"${backends[@]}"} ${device_args[@]+"${device_args[@]}"})
+fi
