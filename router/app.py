@@ -1,0 +1,158 @@
+"""`create_app(config)`: the router as an aiohttp Application.
+
+Everything that needs a running loop or holds a resource (the client session, the prober, the
+log writer threads, the file watch) is opened in a `cleanup_ctx` generator and closed after its
+`yield`, in reverse order: the logs close last, after the last request has been logged.
+
+The SLO guard (issue 4) plugs in by setting `app[OBSERVER]` and `app[TRAFFIC]` after
+`create_app` and before the app starts (see router.hooks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Callable, Optional
+
+from aiohttp import web
+
+from router.config import RouterConfig
+from router.events import EventLogs
+from router.handler import ProxyHandler
+from router.hooks import ConfiguredTraffic, NullObserver, RequestObserver, TrafficPolicy
+from router.live import LiveRegistry
+from router.metrics import RouterMetrics
+from router.outcomes import OutcomeEndpoint
+from router.proxy import Upstreams, make_session
+from router.reload import ConfigReloader
+from router.views import StatusViews, get_only
+
+CleanupContext = Callable[[web.Application], AsyncIterator[None]]
+
+METRICS = web.AppKey("metrics", RouterMetrics)
+LIVE = web.AppKey("live", LiveRegistry)
+UPSTREAMS = web.AppKey("upstreams", Upstreams)
+EVENT_LOGS = web.AppKey("event_logs", EventLogs)
+OBSERVER = web.AppKey[RequestObserver]("observer")
+TRAFFIC = web.AppKey[TrafficPolicy]("traffic")
+RELOADER = web.AppKey[Optional[ConfigReloader]]("reloader")
+
+
+def create_app(
+    config: RouterConfig,
+    config_path: Optional[Path] = None,
+    *,
+    watch: bool = True,
+    flush_interval: float = 0.2,
+) -> web.Application:
+    """The router for a validated registry; `config_path` enables hot reload of that file."""
+    app = web.Application(client_max_size=config.router.max_body_bytes)
+    metrics = RouterMetrics()
+    upstreams = Upstreams(metrics)
+    live = LiveRegistry(config, upstreams)
+    logs = EventLogs.open(
+        config.router.log_dir,
+        on_drop=lambda log, count: metrics.events_dropped.labels(log).inc(count),
+        flush_interval=flush_interval,
+    )
+    app[METRICS] = metrics
+    app[LIVE] = live
+    app[UPSTREAMS] = upstreams
+    app[EVENT_LOGS] = logs
+    app[OBSERVER] = NullObserver()
+    app[TRAFFIC] = ConfiguredTraffic(live.config)
+    reloader = (
+        ConfigReloader(config_path, live, metrics, logs.decisions, _Deferred(app))
+        if config_path is not None
+        else None
+    )
+    app[RELOADER] = reloader
+    metrics.add_live_gauge(
+        "router_traffic_percent",
+        "Percent of enrolled units outside control in force, per experiment.",
+        ["experiment"],
+        lambda: [
+            ((name,), app[TRAFFIC].effective_traffic(name)) for name in live.config().experiments
+        ],
+    )
+
+    handler = ProxyHandler(live, upstreams, metrics, logs)
+    views = StatusViews(live, _Deferred(app), metrics)
+    outcomes = OutcomeEndpoint(logs.outcomes, live)
+    app.router.add_route("*", "/events", outcomes.handle)
+    app.router.add_route("*", "/experiments", get_only(views.experiments))
+    app.router.add_route("*", "/metrics", get_only(views.metrics))
+    app.router.add_route("*", "/healthz", get_only(views.healthz))
+    app.router.add_route("*", "/readyz", get_only(views.readyz))
+    # Experiment routes change on reload, and the aiohttp router is frozen once started:
+    # everything else goes to the proxy, which looks the path up in the registry in force.
+    app.router.add_route("*", "/{path:.*}", handler.handle)
+
+    app.cleanup_ctx.append(_event_logs(logs))
+    app.cleanup_ctx.append(_hooks(app, handler))
+    app.cleanup_ctx.append(_backends(upstreams, handler))
+    if reloader is not None:
+        app.cleanup_ctx.append(_config_reload(reloader, watch))
+    return app
+
+
+class _Deferred:
+    """The traffic policy in app state, looked up when used (it may be set after create_app)."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+
+    def effective_traffic(self, experiment: str) -> float:
+        return self._app[TRAFFIC].effective_traffic(experiment)
+
+    def describe(self, experiment: str) -> dict[str, object]:
+        return self._app[TRAFFIC].describe(experiment)
+
+
+def _event_logs(logs: EventLogs) -> CleanupContext:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        logs.start()
+        yield
+        await asyncio.get_running_loop().run_in_executor(None, logs.close)
+
+    return context
+
+
+def _hooks(app: web.Application, handler: ProxyHandler) -> CleanupContext:
+    async def context(_: web.Application) -> AsyncIterator[None]:
+        handler.bind(app[OBSERVER], app[TRAFFIC])
+        yield
+
+    return context
+
+
+def _backends(upstreams: Upstreams, handler: ProxyHandler) -> CleanupContext:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        session = make_session(app[LIVE].config().router)
+        upstreams.attach(session)
+        prober = asyncio.ensure_future(upstreams.probe_forever())
+        yield
+        prober.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await prober
+        await handler.close()
+        upstreams.attach(None)
+        await session.close()
+
+    return context
+
+
+def _config_reload(reloader: ConfigReloader, watch: bool) -> CleanupContext:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        watcher = asyncio.ensure_future(reloader.watch_forever()) if watch else None
+        reloader.install_sighup()
+        yield
+        reloader.remove_sighup()
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    return context

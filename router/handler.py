@@ -1,0 +1,281 @@
+"""The request path: assign, forward unchanged, fall back, answer, log the exposure, count.
+
+Per request: find the experiment by path, read the unit id, assign an arm, POST the body as
+received to that arm's backend. If the treatment fails and the experiment falls back to control,
+the user gets control's answer marked `fallback: true` while the failure still counts against
+the treatment (`assigned` and `served` are logged separately). When no arm answers: 502, or 504
+if the last failure was a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from aiohttp import web
+
+from router.assign import Arm, Assignment
+from router.events import EventLogs, utc_now_iso
+from router.hooks import ConfiguredTraffic, NullObserver, RequestObserver, TrafficPolicy
+from router.live import LiveRegistry, Snapshot
+from router.metrics import RouterMetrics
+from router.proxy import BackendFailure, BackendReply, Upstreams
+from router.responses import JSON, error_response, method_not_allowed
+from router.units import logged_unit, unit_of
+
+MAX_SHADOW_IN_FLIGHT = 64
+
+
+@dataclass
+class _Outcome:
+    served: Optional[Arm] = None
+    reply: Optional[BackendReply] = None
+    fallback: bool = False
+    failures: tuple[BackendFailure, ...] = ()
+
+
+class ProxyHandler:
+    def __init__(
+        self,
+        live: LiveRegistry,
+        upstreams: Upstreams,
+        metrics: RouterMetrics,
+        logs: EventLogs,
+    ) -> None:
+        self._live = live
+        self._upstreams = upstreams
+        self._metrics = metrics
+        self._logs = logs
+        self._observer: RequestObserver = NullObserver()
+        self._traffic: TrafficPolicy = ConfiguredTraffic(live.config)
+        self._shadows: set[asyncio.Task[None]] = set()
+
+    def bind(self, observer: RequestObserver, traffic: TrafficPolicy) -> None:
+        """The hooks in force, fixed when the app starts (router.hooks)."""
+        self._observer = observer
+        self._traffic = traffic
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        snapshot = self._live.current
+        path = request.path
+        name = snapshot.routes.get(path)
+        if name is None:
+            return self._refuse(404, "not_found", f"no experiment or endpoint at {path}")
+        if request.method != "POST":
+            self._metrics.http_errors.labels("method_not_allowed").inc()
+            return method_not_allowed(request.method, ["POST"])
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            limit = snapshot.config.router.max_body_bytes
+            return self._refuse(413, "body_too_large", f"request body over {limit} bytes")
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return self._refuse(400, "bad_body", "request body is not JSON")
+        if not isinstance(payload, dict):
+            return self._refuse(400, "bad_body", "request body must be a JSON object")
+
+        settings = snapshot.config.router
+        experiment = snapshot.config.experiments[name]
+        plan = snapshot.plans[name]
+        unit = unit_of(request.headers, payload, settings.unit_id)
+        assignment = plan.assign(unit, self._traffic.effective_traffic(name))
+        content_type = request.headers.get("Content-Type") or JSON
+        assigned = assignment.arm
+        if experiment.mode == "shadow":
+            # Everyone gets control; treatment units also send a copy to the treatment.
+            if not assignment.is_control:
+                self._shadow(snapshot, name, assigned, path, body, content_type)
+            assigned = plan.control
+        outcome = await self._serve(
+            snapshot, name, assigned, plan.control, experiment.fallback == "control",
+            path, body, content_type,
+        )  # fmt: skip
+
+        request_id = request.headers.get("X-Request-Id") or os.urandom(12).hex()
+        info = {
+            "name": name,
+            "group": assigned.name,
+            "version": outcome.reply.version if outcome.reply else None,
+            "enrolled": assignment.enrolled,
+            "fallback": outcome.fallback,
+        }
+        if outcome.reply is not None:
+            status = 200
+            response: web.Response = web.Response(
+                body=_with_experiment(outcome.reply, info),
+                headers={
+                    "Content-Type": JSON,
+                    "X-Experiment": name,
+                    "X-Variant": assigned.name,
+                    "X-Model-Version": outcome.reply.version,
+                    "X-Request-Id": request_id,
+                },
+            )
+        else:
+            last = outcome.failures[-1]
+            status = 504 if last.kind == "timeout" else 502
+            response = error_response(
+                status,
+                "backend_timeout" if status == 504 else "backend_unavailable",
+                "no variant could answer: " + "; ".join(str(f) for f in outcome.failures),
+                headers={
+                    "X-Experiment": name,
+                    "X-Variant": assigned.name,
+                    "X-Request-Id": request_id,
+                },
+                request_id=request_id,
+                experiment=info,
+            )
+
+        latency_s = time.perf_counter() - started
+        self._account(name, assigned, outcome, latency_s)
+        self._log_exposure(
+            request,
+            snapshot,
+            name,
+            unit,
+            assignment,
+            assigned,
+            outcome,
+            status,
+            latency_s,
+            request_id,
+        )
+        return response
+
+    async def _serve(
+        self,
+        snapshot: Snapshot,
+        experiment: str,
+        assigned: Arm,
+        control: Arm,
+        fallback_to_control: bool,
+        path: str,
+        body: bytes,
+        content_type: str,
+    ) -> _Outcome:
+        try:
+            reply = await self._call(snapshot, experiment, assigned, path, body, content_type)
+            return _Outcome(served=assigned, reply=reply)
+        except BackendFailure as failure:
+            if assigned is control or not fallback_to_control:
+                return _Outcome(failures=(failure,))
+            first = failure
+        try:
+            reply = await self._call(snapshot, experiment, control, path, body, content_type)
+            return _Outcome(served=control, reply=reply, fallback=True, failures=(first,))
+        except BackendFailure as second:
+            return _Outcome(failures=(first, second))
+
+    async def _call(
+        self,
+        snapshot: Snapshot,
+        experiment: str,
+        arm: Arm,
+        path: str,
+        body: bytes,
+        content_type: str,
+    ) -> BackendReply:
+        backend = snapshot.backends[arm.backend]
+        try:
+            reply = await self._upstreams.call(backend, path, body, content_type)
+        except BackendFailure as failure:
+            self._observer.observe(experiment, arm.name, failure.latency_s, False)
+            raise
+        self._observer.observe(experiment, arm.name, reply.latency_s, True)
+        return reply
+
+    def _shadow(
+        self,
+        snapshot: Snapshot,
+        experiment: str,
+        arm: Arm,
+        path: str,
+        body: bytes,
+        content_type: str,
+    ) -> None:
+        if len(self._shadows) >= MAX_SHADOW_IN_FLIGHT:
+            self._metrics.shadow_skipped.labels(experiment).inc()
+            return
+
+        async def mirror() -> None:
+            # A failure is observed against the treatment; the user never waits for it.
+            with contextlib.suppress(BackendFailure):
+                await self._call(snapshot, experiment, arm, path, body, content_type)
+
+        task = asyncio.ensure_future(mirror())
+        self._shadows.add(task)
+        task.add_done_callback(self._shadows.discard)
+
+    async def close(self) -> None:
+        """Let shadow copies in flight finish (they are bounded by the backend timeout)."""
+        if self._shadows:
+            await asyncio.gather(*self._shadows, return_exceptions=True)
+
+    def _refuse(self, status: int, code: str, message: str) -> web.Response:
+        self._metrics.http_errors.labels(code).inc()
+        return error_response(status, code, message)
+
+    def _account(self, experiment: str, assigned: Arm, outcome: _Outcome, latency_s: float) -> None:
+        metrics = self._metrics
+        if outcome.reply is None:
+            result = "error"
+        elif outcome.fallback:
+            result = "fallback"
+            metrics.fallbacks_for(experiment).inc()
+        else:
+            result = "ok"
+        metrics.requests_for(experiment, assigned.name, result).inc()
+        metrics.request_duration_for(experiment, assigned.name).observe(latency_s)
+
+    def _log_exposure(
+        self,
+        request: web.Request,
+        snapshot: Snapshot,
+        experiment: str,
+        unit: Optional[str],
+        assignment: Assignment,
+        assigned: Arm,
+        outcome: _Outcome,
+        status: int,
+        latency_s: float,
+        request_id: str,
+    ) -> None:
+        settings = snapshot.config.router
+        record: dict[str, Any] = {
+            "ts": utc_now_iso(),
+            "request_id": request_id,
+            "experiment": experiment,
+            "unit": logged_unit(unit, settings.hash_unit_ids),
+            "enrolled": assignment.enrolled,
+            "assigned": assigned.name,
+            "served": outcome.served.name if outcome.served else None,
+            "model_version": outcome.reply.version if outcome.reply else None,
+            "status": status,
+            "latency_ms": round(latency_s * 1000, 3),
+            "fallback": outcome.fallback,
+            "error": "; ".join(str(f) for f in outcome.failures) or None,
+        }
+        for field, header in settings.attributes.items():
+            record[field] = request.headers.get(header)
+        self._logs.exposures.write(record)
+
+
+def _with_experiment(reply: BackendReply, info: dict[str, Any]) -> bytes:
+    """The backend's JSON with `"experiment": info` added, its own bytes otherwise untouched."""
+    encoded = json.dumps(info, separators=(",", ":")).encode()
+    if reply.payload and "experiment" not in reply.payload:
+        body = reply.body.rstrip()
+        if body.endswith(b"}"):
+            return body[:-1] + b',"experiment":' + encoded + b"}"
+    merged = dict(reply.payload)
+    merged["experiment"] = info
+    return json.dumps(merged, separators=(",", ":")).encode()

@@ -1,0 +1,56 @@
+"""The registry in force: an immutable snapshot swapped as a whole on reload.
+
+A request reads `LiveRegistry.current` once and works with that snapshot to the end, so a reload
+in the middle of a request never mixes two registries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from router.assign import ExperimentPlan, compile_plans
+from router.config import RouterConfig
+from router.events import utc_now_iso
+from router.proxy import BackendRuntime, Upstreams
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    config: RouterConfig
+    plans: dict[str, ExperimentPlan]
+    routes: dict[str, str]  # route -> experiment name
+    backends: dict[str, BackendRuntime]
+    loaded_at: str = field(default_factory=utc_now_iso)
+
+
+@dataclass
+class ReloadStatus:
+    """The outcome of the last reload attempt, shown by GET /experiments."""
+
+    ok: bool = True
+    source: str = "startup"
+    at: str = field(default_factory=utc_now_iso)
+    error: Optional[str] = None
+
+
+class LiveRegistry:
+    def __init__(self, config: RouterConfig, upstreams: Upstreams) -> None:
+        self._upstreams = upstreams
+        self.current = self._snapshot(config)
+        self.status = ReloadStatus()
+
+    def install(self, config: RouterConfig) -> Snapshot:
+        self.current = self._snapshot(config)
+        return self.current
+
+    def _snapshot(self, config: RouterConfig) -> Snapshot:
+        return Snapshot(
+            config=config,
+            plans=compile_plans(config.experiments),
+            routes={exp.route: name for name, exp in config.experiments.items()},
+            backends=self._upstreams.configure(config.backends),
+        )
+
+    def config(self) -> RouterConfig:
+        return self.current.config

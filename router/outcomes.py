@@ -1,0 +1,111 @@
+"""`POST /events`: outcome events, validated, appended to the outcome log.
+
+Accepts one event or a list of them; a list is taken whole or refused whole, so a client that
+retries after a 400 never duplicates the good half.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from typing import Annotated, Any, Optional
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from router.events import JsonlWriter
+from router.live import LiveRegistry
+from router.problems import describe_errors
+from router.responses import error_response, json_response
+from router.units import logged_unit
+
+MAX_EVENTS_PER_REQUEST = 10_000
+
+
+class OutcomeEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+    unit_id: Annotated[str, Field(min_length=1, max_length=256)]
+    metric: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
+    # An event without a value is one occurrence (a conversion).
+    value: float = 1.0
+    ts: Optional[datetime] = None
+    experiment: Optional[Annotated[str, Field(min_length=1, max_length=128)]] = None
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _numeric(cls, value: Any) -> Any:
+        if isinstance(value, bool) or (isinstance(value, float) and not math.isfinite(value)):
+            raise ValueError("must be a finite number")
+        return value
+
+    @field_validator("ts")
+    @classmethod
+    def _utc(cls, ts: Optional[datetime]) -> Optional[datetime]:
+        if ts is None:
+            return None
+        # A time without zone is taken as UTC, like every ts the router writes.
+        return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
+
+    def record(self, hash_units: bool, received: datetime) -> dict[str, Any]:
+        ts = self.ts or received
+        return {
+            "ts": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "unit": logged_unit(self.unit_id, hash_units),
+            "metric": self.metric,
+            "value": self.value,
+            "experiment": self.experiment,
+        }
+
+
+def parse_events(body: bytes) -> list[OutcomeEvent]:
+    """The events of a request body; raises ValueError naming every bad place."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise ValueError("body: not JSON") from None
+    items = data if isinstance(data, list) else [data]
+    if not items:
+        raise ValueError("body: empty list")
+    if len(items) > MAX_EVENTS_PER_REQUEST:
+        raise ValueError(f"body: more than {MAX_EVENTS_PER_REQUEST} events")
+    events, problems = [], []
+    for index, item in enumerate(items):
+        place = f"events[{index}]" if isinstance(data, list) else "event"
+        if not isinstance(item, dict):
+            problems.append(f"{place}: must be a JSON object")
+            continue
+        try:
+            events.append(OutcomeEvent.model_validate(item))
+        except ValidationError as exc:
+            problems.extend(describe_errors(place, exc))
+    if problems:
+        raise ValueError("; ".join(problems[:20]))
+    return events
+
+
+class OutcomeEndpoint:
+    def __init__(self, writer: JsonlWriter, live: LiveRegistry) -> None:
+        self._writer = writer
+        self._live = live
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if request.method != "POST":
+            return error_response(
+                405, "method_not_allowed", f"{request.method} is not allowed; use POST",
+                headers={"Allow": "POST"},
+            )  # fmt: skip
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return error_response(413, "body_too_large", "request body too large")
+        try:
+            events = parse_events(body)
+        except ValueError as exc:
+            return error_response(400, "bad_event", str(exc))
+        received = datetime.now(timezone.utc)
+        hash_units = self._live.current.config.router.hash_unit_ids
+        for event in events:
+            self._writer.write(event.record(hash_units, received))
+        return json_response({"accepted": len(events)}, status=202)

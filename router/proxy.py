@@ -1,0 +1,294 @@
+"""The backend client: one shared ClientSession, round-robin endpoints, ejection and probing.
+
+A backend is one model version behind one or more Paddle Serving pipeline endpoints. An endpoint
+that fails `eject_after` times in a row at the transport level (refused, timeout, HTTP 5xx,
+non-JSON body) leaves the rotation; a background prober brings it back once it answers again.
+A pipeline reply with `err_no != 0` is a backend error for the request but proves the endpoint
+alive, so it never ejects (a client sending bad input must not empty the rotation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+import aiohttp
+
+from router.config import BackendConfig, RouterSettings
+from router.metrics import RouterMetrics
+
+log = logging.getLogger(__name__)
+
+FailureKind = Literal["error", "timeout"]
+PROBE_TICK_S = 0.1
+
+
+class BackendFailure(Exception):
+    """A backend call that produced no usable answer."""
+
+    def __init__(self, backend: str, kind: FailureKind, detail: str, latency_s: float) -> None:
+        super().__init__(f"{backend}: {detail}")
+        self.backend = backend
+        self.kind = kind
+        self.detail = detail
+        self.latency_s = latency_s
+
+
+@dataclass(frozen=True)
+class BackendReply:
+    body: bytes  # the backend's JSON, exactly as received
+    payload: dict[str, Any]
+    version: str
+    latency_s: float
+
+
+@dataclass
+class EndpointState:
+    """Health of one endpoint; shared across registry reloads while the endpoint stays listed."""
+
+    backend: str
+    url: str
+    up: bool = True
+    failures: int = 0
+    next_probe_at: float = 0.0
+    probing: bool = False
+
+
+@dataclass
+class BackendRuntime:
+    name: str
+    config: BackendConfig
+    endpoints: list[EndpointState]
+    timeout: aiohttp.ClientTimeout
+    cursor: int = 0
+    # The last request this backend answered well: replayed to probe an ejected endpoint.
+    last_good: Optional[tuple[str, bytes, str]] = field(default=None, repr=False)
+
+    def pick(self) -> Optional[EndpointState]:
+        """The next endpoint in rotation, round-robin; None when all are ejected."""
+        count = len(self.endpoints)
+        for offset in range(count):
+            endpoint = self.endpoints[(self.cursor + offset) % count]
+            if endpoint.up:
+                self.cursor = (self.cursor + offset + 1) % count
+                return endpoint
+        return None
+
+    def healthy(self) -> bool:
+        return any(endpoint.up for endpoint in self.endpoints)
+
+
+def make_session(settings: RouterSettings) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(
+        limit=settings.max_connections,
+        limit_per_host=settings.max_connections_per_endpoint,
+        keepalive_timeout=30,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        # Per-backend timeouts are passed with each call; this only bounds stray calls.
+        timeout=aiohttp.ClientTimeout(total=60, sock_connect=5),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent",),
+    )
+
+
+class Upstreams:
+    """Calls backends; owns endpoint health and the prober."""
+
+    def __init__(self, metrics: RouterMetrics) -> None:
+        self._session: Optional[aiohttp.ClientSession] = None
+        self._metrics = metrics
+        self._endpoints: dict[tuple[str, str], EndpointState] = {}
+        self.current: dict[str, BackendRuntime] = {}
+        metrics.add_live_gauge(
+            "router_endpoint_up",
+            "1 while an endpoint is in rotation, 0 while it is ejected.",
+            ["backend", "endpoint"],
+            self._endpoint_samples,
+        )
+
+    def configure(self, backends: Mapping[str, BackendConfig]) -> dict[str, BackendRuntime]:
+        """Runtimes for a registry; endpoints listed before keep their health."""
+        endpoints = {
+            (name, url): self._endpoints.get((name, url)) or EndpointState(name, url)
+            for name, config in backends.items()
+            for url in config.endpoints
+        }
+        self._endpoints = endpoints
+        runtimes = {}
+        for name, config in backends.items():
+            previous = self.current.get(name)
+            runtimes[name] = BackendRuntime(
+                name=name,
+                config=config,
+                endpoints=[endpoints[(name, url)] for url in config.endpoints],
+                timeout=aiohttp.ClientTimeout(total=config.timeout_ms / 1000),
+                last_good=previous.last_good if previous is not None else None,
+            )
+        self.current = runtimes
+        return runtimes
+
+    def attach(self, session: Optional[aiohttp.ClientSession]) -> None:
+        """The shared session, opened and closed by the app (it needs a running loop)."""
+        self._session = session
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("Upstreams used before the app started")
+        return self._session
+
+    async def call(
+        self, backend: BackendRuntime, path: str, body: bytes, content_type: str
+    ) -> BackendReply:
+        """POST `body` to the next endpoint of `backend`; raises BackendFailure."""
+        endpoint = backend.pick()
+        if endpoint is None:
+            self._metrics.backend_requests_for(backend.name, "error").inc()
+            raise BackendFailure(backend.name, "error", "no endpoint in rotation", 0.0)
+        target_path = backend.config.path or path
+        started = time.perf_counter()
+        try:
+            async with self.session.post(
+                endpoint.url + target_path,
+                data=body,
+                headers={"Content-Type": content_type},
+                timeout=backend.timeout,
+            ) as response:
+                raw = await response.read()
+                status = response.status
+        except asyncio.TimeoutError:
+            raise self._transport_failure(
+                backend,
+                endpoint,
+                "timeout",
+                f"no answer in {backend.config.timeout_ms} ms",
+                started,
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise self._transport_failure(
+                backend, endpoint, "error", _describe(exc), started
+            ) from None
+        if status >= 500:
+            raise self._transport_failure(backend, endpoint, "error", f"HTTP {status}", started)
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            raise self._transport_failure(
+                backend, endpoint, "error", "reply is not JSON", started
+            ) from None
+        if not isinstance(payload, dict):
+            raise self._transport_failure(
+                backend, endpoint, "error", "reply is not a JSON object", started
+            )
+        endpoint.failures = 0
+        latency = time.perf_counter() - started
+        self._metrics.backend_duration_for(backend.name).observe(latency)
+        err_no = payload.get("err_no", 0)
+        if status != 200 or err_no != 0:
+            self._metrics.backend_requests_for(backend.name, "error").inc()
+            message = str(payload.get("err_msg", ""))[:200]
+            detail = f"HTTP {status}" if status != 200 else f"err_no {err_no}: {message}"
+            raise BackendFailure(backend.name, "error", detail, latency)
+        self._metrics.backend_requests_for(backend.name, "ok").inc()
+        backend.last_good = (target_path, body, content_type)
+        return BackendReply(raw, payload, backend.config.version, latency)
+
+    def _transport_failure(
+        self,
+        backend: BackendRuntime,
+        endpoint: EndpointState,
+        kind: FailureKind,
+        detail: str,
+        started: float,
+    ) -> BackendFailure:
+        latency = time.perf_counter() - started
+        self._metrics.backend_requests_for(backend.name, kind).inc()
+        self._metrics.backend_duration_for(backend.name).observe(latency)
+        endpoint.failures += 1
+        if endpoint.up and endpoint.failures >= backend.config.eject_after:
+            endpoint.up = False
+            endpoint.next_probe_at = time.monotonic() + backend.config.probe_interval_s
+            log.warning(
+                "endpoint %s of %s ejected after %d failures (last: %s)",
+                endpoint.url, backend.name, endpoint.failures, detail,
+            )  # fmt: skip
+        return BackendFailure(backend.name, kind, f"{endpoint.url}: {detail}", latency)
+
+    async def probe_forever(self) -> None:
+        """Bring ejected endpoints back once they answer; runs until cancelled."""
+        probes: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                now = time.monotonic()
+                for backend in self.current.values():
+                    for endpoint in backend.endpoints:
+                        if endpoint.up or endpoint.probing or now < endpoint.next_probe_at:
+                            continue
+                        endpoint.probing = True
+                        task = asyncio.ensure_future(self._probe(backend, endpoint))
+                        probes.add(task)
+                        task.add_done_callback(probes.discard)
+                await asyncio.sleep(PROBE_TICK_S)
+        finally:
+            for task in probes:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*probes, return_exceptions=True)
+
+    async def _probe(self, backend: BackendRuntime, endpoint: EndpointState) -> None:
+        try:
+            alive = await self._answers(backend, endpoint)
+        finally:
+            endpoint.probing = False
+        if alive:
+            endpoint.up, endpoint.failures = True, 0
+            log.warning("endpoint %s of %s is back in rotation", endpoint.url, backend.name)
+        else:
+            endpoint.next_probe_at = time.monotonic() + backend.config.probe_interval_s
+
+    async def _answers(self, backend: BackendRuntime, endpoint: EndpointState) -> bool:
+        """Replay the last good request; without one, any HTTP answer below 500 will do."""
+        try:
+            if backend.last_good is None:
+                async with self.session.get(
+                    endpoint.url + "/", timeout=backend.timeout
+                ) as response:
+                    return response.status < 500
+            path, body, content_type = backend.last_good
+            async with self.session.post(
+                endpoint.url + path,
+                data=body,
+                headers={"Content-Type": content_type},
+                timeout=backend.timeout,
+            ) as response:
+                payload = json.loads(await response.read())
+                return (
+                    response.status == 200
+                    and isinstance(payload, dict)
+                    and payload.get("err_no", 0) == 0
+                )
+        except (asyncio.TimeoutError, aiohttp.ClientError, OSError, ValueError):
+            return False
+
+    def _endpoint_samples(self) -> list[tuple[tuple[str, str], float]]:
+        return [((e.backend, e.url), 1.0 if e.up else 0.0) for e in self._endpoints.values()]
+
+
+def _describe(exc: BaseException) -> str:
+    """A short reason for the logs: `connection refused`, not a page of repr."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        errno = exc.os_error.errno
+        return f"cannot connect: {os.strerror(errno).lower() if errno else exc.os_error}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "server disconnected"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,40 @@
+"""JSON answers of the router itself: errors are `{"code", "error"}` with a fitting status."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Optional
+
+from aiohttp import web
+
+JSON = "application/json"
+
+
+def json_response(
+    data: Any, status: int = 200, headers: Optional[Mapping[str, str]] = None
+) -> web.Response:
+    return web.Response(
+        body=json.dumps(data, separators=(",", ":"), default=str).encode(),
+        status=status,
+        headers={"Content-Type": JSON, **(headers or {})},
+    )
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    headers: Optional[Mapping[str, str]] = None,
+    **extra: Any,
+) -> web.Response:
+    return json_response({"code": code, "error": message, **extra}, status, headers)
+
+
+def method_not_allowed(method: str, allowed: list[str]) -> web.Response:
+    return error_response(
+        405,
+        "method_not_allowed",
+        f"{method} is not allowed here; use {', '.join(allowed)}",
+        headers={"Allow": ", ".join(allowed)},
+    )

@@ -1,0 +1,509 @@
+"""Router benchmark: direct to backend vs through the router vs through nginx `split_clients`.
+
+Same load generator (wrk) for every path, against (a) a fast static backend (nginx `return 200`
+with a pipeline reply) and (b) a real Paddle Serving pipeline server on the demo model. The
+router runs as in production: `python -m router` (uvloop), exposure log and metrics on. nginx
+runs one worker with an access log, so both proxies log every request.
+
+Besides req/s and latency it measures the CPU time each proxy process used during the run, so
+"req/s per core" compares the proxies' efficiency, not how the 2 shared cores were divided.
+
+usage: scripts/bench_router.sh [--duration S] [--static-concurrency 1,32] [--paddle-concurrency 1,8]
+                               [--models DIR] [--skip-paddle] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from serving.launcher import free_port, start_server  # noqa: E402
+
+STATIC_REPLY = '{"err_no":0,"err_msg":"","key":["prob"],"value":["[[0.12, 0.88]]"],"tensors":[]}'
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Result:
+    backend: str
+    path: str
+    concurrency: int
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    proxy_cpu_s: Optional[float]
+    duration_s: float
+
+    @property
+    def per_core(self) -> Optional[float]:
+        """Requests per CPU-second of the proxy process(es): req/s if it had one core to itself."""
+        if not self.proxy_cpu_s:
+            return None
+        return self.requests_per_s * self.duration_s / self.proxy_cpu_s
+
+
+# --- tools -----------------------------------------------------------------------------------
+
+
+def ensure_tools() -> None:
+    missing = [tool for tool in ("wrk", "nginx") if shutil.which(tool) is None]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        sys.exit(
+            f"bench: missing {', '.join(missing)}; run: sudo apt-get install -y wrk nginx-light"
+        )
+    print(f"bench: installing {', '.join(missing)} from Debian", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk", "nginx-light"], check=True, env=env)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime + stime, all threads
+    return total / CLOCK_TICKS
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def wait_port(port: int, timeout: float = 30.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
+
+
+@contextmanager
+def process(command: list[str], log: Path, **kwargs: object) -> Iterator[subprocess.Popen[bytes]]:
+    """A child process stopped (SIGTERM, then SIGKILL) when the block ends."""
+    with open(log, "wb") as out:
+        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, **kwargs)  # type: ignore[call-overload]
+    try:
+        yield child
+    finally:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
+# --- the servers -----------------------------------------------------------------------------
+
+
+def nginx_config(work: Path, port: int, http_block: str) -> Path:
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    conf = work / f"nginx-{port}.conf"
+    conf.write_text(
+        f"""{user}worker_processes 1;
+daemon off;
+pid {work}/nginx-{port}.pid;
+error_log {work}/nginx-{port}-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  client_body_temp_path {work}/body-{port};
+  proxy_temp_path {work}/proxy-{port};
+  fastcgi_temp_path {work}/fastcgi-{port};
+  uwsgi_temp_path {work}/uwsgi-{port};
+  scgi_temp_path {work}/scgi-{port};
+  keepalive_requests 1000000;
+{http_block}
+}}
+"""
+    )
+    return conf
+
+
+def static_backend_block(port: int) -> str:
+    reply = STATIC_REPLY.replace("'", "\\'")
+    return f"""  access_log off;
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ default_type application/json; return 200 '{reply}'; }}
+  }}"""
+
+
+def split_clients_block(work: Path, port: int, static: str, paddle: Optional[str]) -> str:
+    upstreams = []
+    for name, target in (("static", static), ("paddle", paddle)):
+        if target is None:
+            continue
+        for arm in ("control", "treatment"):
+            upstreams.append(f"  upstream {name}_{arm} {{ server {target}; keepalive 64; }}")
+    locations = [
+        "    location /static/ { proxy_pass http://static_$variant; }",
+    ]
+    if paddle is not None:
+        locations.append("    location /sentiment/ { proxy_pass http://paddle_$variant; }")
+    return f"""  log_format exposure '$msec $http_x_user_id $variant $status $request_time $upstream_addr';
+  access_log {work}/nginx-exposures.log exposure buffer=64k flush=1s;
+  split_clients "${{http_x_user_id}}" $variant {{ 50% control; * treatment; }}
+{chr(10).join(upstreams)}
+  proxy_http_version 1.1;
+  proxy_set_header Connection "";
+  server {{
+    listen 127.0.0.1:{port};
+{chr(10).join(locations)}
+  }}"""
+
+
+def router_registry(work: Path, static: str, paddle: Optional[str]) -> Path:
+    backends = {
+        "static-a": {"endpoints": [f"http://{static}"], "version": "static_a", "timeout_ms": 2000},
+        "static-b": {"endpoints": [f"http://{static}"], "version": "static_b", "timeout_ms": 2000},
+    }
+    experiments = {
+        "static": {
+            "route": "/static/prediction", "salt": "bench", "control": "static-a",
+            "treatment": "static-b", "traffic": 50,
+        }
+    }  # fmt: skip
+    if paddle is not None:
+        backends["paddle-a"] = {
+            "endpoints": [f"http://{paddle}"],
+            "version": "v1",
+            "timeout_ms": 5000,
+        }
+        backends["paddle-b"] = {
+            "endpoints": [f"http://{paddle}"],
+            "version": "v1b",
+            "timeout_ms": 5000,
+        }
+        experiments["sentiment"] = {
+            "route": "/sentiment/prediction", "salt": "bench", "control": "paddle-a",
+            "treatment": "paddle-b", "traffic": 50,
+        }  # fmt: skip
+    registry = {
+        "router": {"log_dir": str(work / "router-logs"), "attributes": {"city": "X-City"}},
+        "backends": backends,
+        "experiments": experiments,
+    }
+    path = work / "experiments.yaml"
+    path.write_text(json.dumps(registry, indent=2))  # JSON is YAML
+    return path
+
+
+@contextmanager
+def router(work: Path, registry: Path) -> Iterator[tuple[int, list[int]]]:
+    port = free_port()
+    command = [sys.executable, "-m", "router", "--config", str(registry), "--port", str(port)]
+    with process(command, work / "router.log", cwd=REPO) as child:
+        wait_port(port)
+        yield port, [child.pid]
+
+
+@contextmanager
+def nginx(work: Path, port: int, http_block: str) -> Iterator[list[int]]:
+    conf = nginx_config(work, port, http_block)
+    with process(["nginx", "-c", str(conf), "-p", str(work)], work / f"nginx-{port}.out") as child:
+        wait_port(port)
+        yield [child.pid, *children(child.pid)]
+
+
+def serve_plain_proxy(port: int, upstreams: list[str]) -> None:
+    """The floor for any aiohttp proxy: forward and answer, nothing else (no assignment, no
+    logging, no metrics). Shows how much of the router's cost is aiohttp itself.
+
+    `upstreams` are `/prefix=host:port` pairs: a request goes to the first prefix it starts with.
+    """
+    import asyncio
+
+    import aiohttp
+    import uvloop
+    from aiohttp import web
+
+    table = [tuple(pair.split("=", 1)) for pair in upstreams]
+
+    async def run() -> None:
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1024))
+        headers = {"Content-Type": "application/json"}
+
+        async def forward(request: web.Request) -> web.Response:
+            body = await request.read()
+            upstream = next(host for prefix, host in table if request.path.startswith(prefix))
+            url = f"http://{upstream}{request.path}"
+            async with session.post(url, data=body, headers=headers) as reply:
+                raw = await reply.read()
+            return web.Response(body=raw, headers=headers)
+
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", forward)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        await asyncio.Event().wait()
+
+    uvloop.install()
+    asyncio.run(run())
+
+
+@contextmanager
+def plain_proxy(work: Path, upstreams: dict[str, str]) -> Iterator[tuple[int, list[int]]]:
+    port = free_port()
+    pairs = [f"{prefix}={host}" for prefix, host in upstreams.items()]
+    command = [sys.executable, __file__, "--serve-plain-proxy", str(port), *pairs]
+    with process(command, work / "plain-proxy.log", cwd=REPO) as child:
+        wait_port(port)
+        yield port, [child.pid]
+
+
+# --- load ------------------------------------------------------------------------------------
+
+
+def wrk_script(work: Path, body: str) -> Path:
+    """POST `body` with a random unit id per request (1,000 pre-built requests, cycled)."""
+    (work / "body.json").write_text(body)
+    script = work / "post.lua"
+    script.write_text(
+        f"""
+local requests = {{}}
+local index = 0
+init = function(args)
+  local file = io.open("{work}/body.json", "r")
+  local body = file:read("*a")
+  file:close()
+  math.randomseed(os.time())
+  for i = 1, 1000 do
+    local headers = {{["Content-Type"] = "application/json",
+                      ["X-User-Id"] = "user-" .. math.random(1, 1000000000)}}
+    requests[i] = wrk.format("POST", nil, headers, body)
+  end
+end
+request = function()
+  index = index % 1000 + 1
+  return requests[index]
+end
+"""
+    )
+    return script
+
+
+def run_wrk(
+    url: str, script: Path, concurrency: int, duration: float
+) -> tuple[float, float, float, int]:
+    threads = 1 if concurrency < 8 else 2
+    output = subprocess.run(
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{concurrency}",
+            f"-d{duration:g}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    p50 = _latency_ms(output, "50%")
+    p99 = _latency_ms(output, "99%")
+    errors = 0
+    for pattern in (r"Non-2xx or 3xx responses: (\d+)", r"Socket errors: .*?(\d+) timeout"):
+        match = re.search(pattern, output)
+        if match:
+            errors += int(match.group(1))
+    return rps, p50, p99, errors
+
+
+def _latency_ms(output: str, percentile: str) -> float:
+    match = re.search(rf"^\s+{percentile}\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)
+    if not match:
+        raise RuntimeError(f"no {percentile} latency in wrk output:\n{output}")
+    value, unit = float(match.group(1)), match.group(2)
+    return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+# --- the benchmark ---------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    backend: str  # static | paddle
+    path: str  # direct | router | nginx | aiohttp (a bare aiohttp proxy, for reference)
+    url: str
+    pids: list[int]  # proxy processes whose CPU is measured (none for direct)
+
+
+def measure(
+    targets: list[Target], concurrency: dict[str, list[int]], script: Path, duration: float
+) -> list[Result]:
+    from tqdm import tqdm
+
+    runs = [(t, c) for t in targets for c in concurrency[t.backend]]
+    results = []
+    progress = tqdm(runs, desc="bench", unit="run", file=sys.stderr)
+    for target, conc in progress:
+        progress.set_postfix_str(f"{target.backend}/{target.path} c={conc}")
+        run_wrk(target.url, script, conc, 1)  # warm up connections and caches
+        before = cpu_seconds(target.pids) if target.pids else None
+        rps, p50, p99, errors = run_wrk(target.url, script, conc, duration)
+        used = cpu_seconds(target.pids) - before if before is not None else None
+        results.append(
+            Result(target.backend, target.path, conc, rps, p50, p99, errors, used, duration)
+        )
+    return results
+
+
+def report(results: list[Result]) -> None:
+    print()
+    header = f"{'backend':8} {'path':7} {'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'proxy cpu':>9} {'req/s/core':>10}"
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        cpu = f"{r.proxy_cpu_s / r.duration_s * 100:8.0f}%" if r.proxy_cpu_s else f"{'-':>9}"
+        core = f"{r.per_core:10.0f}" if r.per_core else f"{'-':>10}"
+        print(
+            f"{r.backend:8} {r.path:7} {r.concurrency:4d} {r.requests_per_s:9.0f} {r.p50_ms:8.2f} "
+            f"{r.p99_ms:8.2f} {r.errors:6d} {cpu} {core}"
+        )
+    index = {(r.backend, r.path, r.concurrency): r for r in results}
+    print()
+    for backend in ("paddle", "static"):
+        for conc in sorted({r.concurrency for r in results if r.backend == backend}):
+            direct, routed, split, plain = (
+                index.get((backend, p, conc)) for p in ("direct", "router", "nginx", "aiohttp")
+            )
+            if not (direct and routed):
+                continue
+            line = (
+                f"{backend} c={conc}: router/direct throughput {routed.requests_per_s / direct.requests_per_s:.3f}, "
+                f"p50 overhead {routed.p50_ms - direct.p50_ms:+.2f} ms"
+            )
+            if split is not None:
+                line += (
+                    f"; nginx/direct throughput {split.requests_per_s / direct.requests_per_s:.3f}"
+                )
+                if routed.per_core and split.per_core:
+                    line += f"; router/nginx req/s per core {routed.per_core / split.per_core:.3f}"
+            if plain is not None and routed.per_core and plain.per_core:
+                line += (
+                    f"; router/bare-aiohttp req/s per core {routed.per_core / plain.per_core:.3f}"
+                )
+            print(line)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
+    parser.add_argument("--static-concurrency", default="1,32")
+    parser.add_argument("--paddle-concurrency", default="1,8")
+    parser.add_argument("--models", type=Path, default=REPO / "build" / "bench-models",
+                        help="demo bundles (built there if missing)")  # fmt: skip
+    parser.add_argument("--skip-paddle", action="store_true", help="static backend only")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--serve-plain-proxy", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_plain_proxy:
+        serve_plain_proxy(int(args.serve_plain_proxy[0]), args.serve_plain_proxy[1:])
+        return 0
+    ensure_tools()
+    concurrency = {
+        "static": [int(c) for c in args.static_concurrency.split(",")],
+        "paddle": [int(c) for c in args.paddle_concurrency.split(",")],
+    }
+
+    with ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-router-")))
+        static_port, split_port = free_port(), free_port()
+        static = f"127.0.0.1:{static_port}"
+        stack.enter_context(nginx(work, static_port, static_backend_block(static_port)))
+        paddle = None
+        if not args.skip_paddle:
+            bundle = args.models / "sentiment_v1"
+            if not (bundle / "bundle.json").exists():
+                from serving.demo_models import build_demo_models
+
+                print(f"bench: training the demo models into {args.models}", flush=True)
+                build_demo_models(args.models)
+            server = start_server(bundle, free_port(), work / "paddle")
+            stack.callback(server.stop)
+            server.wait_ready()
+            paddle = f"127.0.0.1:{server.http_port}"
+        router_port, router_pids = stack.enter_context(
+            router(work, router_registry(work, static, paddle))
+        )
+        split_pids = stack.enter_context(
+            nginx(work, split_port, split_clients_block(work, split_port, static, paddle))
+        )
+
+        from tests.support import demo_request
+
+        # The same real pipeline request everywhere (the static backend ignores it).
+        script = wrk_script(work, json.dumps(demo_request(1)))
+        routes = {"static": "/static/prediction", "paddle": "/sentiment/prediction"}
+        backends = {"static": static, "paddle": paddle}
+        plain_port, plain_pids = stack.enter_context(
+            plain_proxy(work, {"/static/": static, "/sentiment/": paddle or static})
+        )
+        proxies = {
+            "router": (router_port, router_pids),
+            "nginx": (split_port, split_pids),
+            "aiohttp": (plain_port, plain_pids),
+        }
+        targets = []
+        for backend, route in routes.items():
+            if backends[backend] is None:
+                continue
+            targets.append(Target(backend, "direct", f"http://{backends[backend]}{route}", []))
+            for path, (port, pids) in proxies.items():
+                targets.append(Target(backend, path, f"http://127.0.0.1:{port}{route}", pids))
+        results = measure(targets, concurrency, script, args.duration)
+        time.sleep(0.5)  # the router flushes its exposure log every 0.2 s
+        logged = sum(
+            len(p.read_text().splitlines())
+            for p in (work / "router-logs").glob("exposures-*.jsonl")
+        )
+    report(results)
+    print(f"\nrouter exposure records written during the benchmark: {logged}")
+    if args.json:
+        rows = [{**asdict(r), "per_core": r.per_core} for r in results]
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Hot reload in process: file edits take effect within a second; bad edits change nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import yaml
+from aiohttp.test_utils import TestClient
+
+from router.app import create_app
+from router.config import load_config
+from tests.router.data import merge_patch
+from tests.router.fakes import FakePipeline, start_fake, url_of
+from tests.router.harness import DEMO_BODY, decisions, metric, registry, unit_in
+
+pytestmark = pytest.mark.asyncio
+
+
+class Setup:
+    def __init__(self, path: Path, raw: dict[str, Any], client: TestClient, fake: FakePipeline):
+        self.path, self.raw, self.client, self.fake = path, raw, client, fake
+
+    def write(self, patch: dict[str, Any]) -> None:
+        self.raw = merge_patch(self.raw, patch)
+        self.path.write_text(yaml.safe_dump(self.raw))
+
+    async def state(self) -> dict[str, Any]:
+        reply: dict[str, Any] = await (await self.client.get("/experiments")).json()
+        return reply
+
+    async def wait_for(self, check: Any, timeout: float = 1.0) -> float:
+        """Seconds until `check(state)` held; fails after `timeout`."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if check(await self.state()):
+                return time.monotonic() - started
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"not within {timeout}s: {await self.state()}")
+
+
+@pytest_asyncio.fixture
+async def setup(aiohttp_client: Any, tmp_path: Path) -> AsyncIterator[Setup]:
+    fake, server = await start_fake("both")
+    raw = registry(tmp_path / "logs", [url_of(server)], [url_of(server)])
+    path = tmp_path / "experiments.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    app = create_app(load_config(path), path, flush_interval=0.02)
+    client = await aiohttp_client(app)
+    yield Setup(path, raw, client, fake)
+    await server.close()
+
+
+def traffic_is(value: float) -> Any:
+    return lambda state: state["experiments"]["sentiment"]["traffic"] == value
+
+
+def reload_failed(state: dict[str, Any]) -> bool:
+    return state["config"]["last_reload"]["ok"] is False
+
+
+async def test_edit_takes_effect_within_a_second(setup: Setup) -> None:
+    setup.write({"experiments": {"sentiment": {"traffic": 60}}})
+    assert await setup.wait_for(traffic_is(60)) < 1.0
+    app = setup.client.app
+    assert app is not None
+    assert metric(app, "router_config_reloads_total", result="ok") == 1
+    assert metric(app, "router_traffic_percent", experiment="sentiment") == 60
+    [decision] = decisions(app)
+    assert {k: decision[k] for k in ("experiment", "actor", "action", "traffic", "previous_traffic")} == {
+        "experiment": "sentiment", "actor": "config", "action": "advance", "traffic": 60,
+        "previous_traffic": 50,
+    }  # fmt: skip
+    setup.write({"experiments": {"sentiment": {"traffic": 5}}})
+    await setup.wait_for(traffic_is(5))
+    assert decisions(app)[-1]["action"] == "none"
+
+
+async def test_invalid_edit_keeps_the_old_registry_serving(setup: Setup) -> None:
+    setup.path.write_text(setup.path.read_text() + "\n  nonsense: [unclosed\n")
+    await setup.wait_for(reload_failed)
+    state = await setup.state()
+    assert "invalid YAML" in state["config"]["last_reload"]["error"]
+    assert state["experiments"]["sentiment"]["traffic"] == 50
+    app = setup.client.app
+    assert app is not None
+    assert metric(app, "router_config_last_reload_success") == 0
+    assert metric(app, "router_config_reloads_total", result="error") == 1
+    response = await setup.client.post("/sentiment/prediction", json=DEMO_BODY)
+    assert response.status == 200
+
+    setup.write({"experiments": {"sentiment": {"traffic": 150}}})  # valid YAML, bad value
+    await setup.wait_for(
+        lambda s: (
+            "traffic: must be between 0 and 100" in (s["config"]["last_reload"]["error"] or "")
+        )
+    )
+    setup.write({"experiments": {"sentiment": {"traffic": 20}}})
+    await setup.wait_for(traffic_is(20))
+    assert metric(app, "router_config_last_reload_success") == 1
+
+
+async def test_salt_change_needs_a_new_revision(setup: Setup) -> None:
+    setup.write({"experiments": {"sentiment": {"salt": "other"}}})
+    await setup.wait_for(reload_failed)
+    error = (await setup.state())["config"]["last_reload"]["error"]
+    assert "experiments.sentiment.salt: changed while running; bump revision (now 1)" in error
+    setup.write({"experiments": {"sentiment": {"revision": 2}}})
+    await setup.wait_for(lambda s: s["experiments"]["sentiment"]["revision"] == 2)
+
+
+async def test_arm_weights_change_needs_a_new_revision(setup: Setup) -> None:
+    variants = {
+        "control": None, "treatment": None, "traffic": None, "revision": 2,
+        "variants": [{"name": "a", "backend": "v1", "weight": 50}, {"name": "b", "backend": "v2", "weight": 50}],
+    }  # fmt: skip
+    setup.write({"experiments": {"sentiment": variants}})
+    await setup.wait_for(lambda s: s["experiments"]["sentiment"]["revision"] == 2)
+    setup.raw["experiments"]["sentiment"]["variants"][1]["weight"] = 40
+    setup.raw["experiments"]["sentiment"]["variants"][0]["weight"] = 60
+    setup.write({})
+    await setup.wait_for(reload_failed)
+    error = (await setup.state())["config"]["last_reload"]["error"]
+    assert "experiments.sentiment.variants: changed while running" in error
+
+
+async def test_settings_that_need_a_restart_are_refused(setup: Setup) -> None:
+    setup.write({"router": {"port": 9999}})
+    await setup.wait_for(reload_failed)
+    error = (await setup.state())["config"]["last_reload"]["error"]
+    assert "router.port: cannot change without a restart" in error
+
+
+async def test_new_routes_and_backends_appear(setup: Setup) -> None:
+    _, server = await start_fake("other")
+    try:
+        setup.write(
+            {
+                "backends": {"v3": {"endpoints": [url_of(server)], "version": "v3"}},
+                "experiments": {
+                    "ranker": {
+                        "route": "/ranker/prediction",
+                        "salt": "r",
+                        "control": "v3",
+                        "treatment": "v2",
+                        "traffic": 0,
+                    }
+                },
+            }
+        )
+        await setup.wait_for(lambda s: "ranker" in s["experiments"])
+        response = await setup.client.post("/ranker/prediction", json=DEMO_BODY)
+        assert response.status == 200
+        assert (await response.json())["value"][1] == "other"
+    finally:
+        await server.close()
+
+
+async def test_in_flight_requests_finish_on_their_registry(setup: Setup) -> None:
+    setup.fake.mode, setup.fake.delay_s = "slow", 0.25
+    setup.raw["backends"]["v1"]["timeout_ms"] = 2000
+    setup.raw["backends"]["v2"]["timeout_ms"] = 2000
+    setup.write({})
+    await asyncio.sleep(0.5)
+    headers = {"X-User-Id": unit_in("treatment")}
+    in_flight = asyncio.ensure_future(
+        setup.client.post("/sentiment/prediction", json=DEMO_BODY, headers=headers)
+    )
+    await asyncio.sleep(0.05)
+    # the experiment disappears while its request is in flight
+    setup.write({"experiments": {"sentiment": None}})
+    await setup.wait_for(lambda s: s["experiments"] == {})
+    response = await in_flight
+    assert response.status == 200
+    assert (await response.json())["experiment"]["group"] == "treatment"
+    assert (await setup.client.post("/sentiment/prediction", json=DEMO_BODY)).status == 404
