@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any, List, Literal, Optional
+from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -52,8 +52,8 @@ class MetricPlan(_Lenient):
 class AnalysisPlan(_Lenient):
     registered_at: Optional[date] = None
     primary: MetricPlan
-    secondary: List[MetricPlan] = []
-    guardrails: List[MetricPlan] = []
+    secondary: list[MetricPlan] = []
+    guardrails: list[MetricPlan] = []
     alpha: float = Field(0.05, gt=0, lt=1)
     power: float = Field(0.8, gt=0, lt=1)
     min_days: int = Field(7, ge=0)
@@ -72,10 +72,15 @@ class _Variant(_Lenient):
     weight: float = Field(ge=0, le=100)
 
 
+class _Ramp(_Lenient):
+    steps: list[float] = []
+
+
 class _Experiment(_Lenient):
     mode: Literal["ab", "shadow"] = "ab"
+    ramp: Optional[_Ramp] = None
     traffic: Optional[float] = Field(None, ge=0, le=100)
-    variants: Optional[List[_Variant]] = Field(None, min_length=2)
+    variants: Optional[list[_Variant]] = Field(None, min_length=2)
     analysis: Optional[AnalysisPlan] = None
 
     @model_validator(mode="after")
@@ -96,6 +101,7 @@ class ExperimentSpec:
     mode: str
     arms: ArmLayout
     plan: Optional[AnalysisPlan]
+    ramp_steps: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -134,7 +140,9 @@ def load_registry(path: Path) -> Registry:
     return parse_registry(raw, source=source, base_dir=Path(path).resolve().parent)
 
 
-def parse_registry(raw: Any, *, source: str = "registry", base_dir: Optional[Path] = None) -> Registry:
+def parse_registry(
+    raw: Any, *, source: str = "registry", base_dir: Optional[Path] = None
+) -> Registry:
     if not isinstance(raw, Mapping):
         raise RegistryError(source, ["(top level): must be a mapping"])
     problems: list[str] = []
@@ -162,12 +170,11 @@ def _experiment_spec(name: str, parsed: _Experiment) -> ExperimentSpec:
         arms = ArmLayout.multi_arm(tuple((v.name, v.weight) for v in parsed.variants))
     else:
         arms = ArmLayout.two_arm(parsed.traffic or 0.0)
-    return ExperimentSpec(name=name, mode=parsed.mode, arms=arms, plan=parsed.analysis)
+    steps = tuple(parsed.ramp.steps) if parsed.ramp else ()
+    return ExperimentSpec(name, parsed.mode, arms, parsed.analysis, steps)
 
 
-def _validated(
-    model: type[_Lenient], body: Any, place: str, problems: list[str]
-) -> Optional[Any]:
+def _validated(model: type[_Lenient], body: Any, place: str, problems: list[str]) -> Optional[Any]:
     try:
         return model.model_validate(body)
     except ValidationError as exc:

@@ -8,6 +8,9 @@ report over ten million exposures and a unit test over ten units go through the 
   test), with score intervals for the difference and the ratio (statsmodels
   `confint_proportions_2indep`, `method="score"`, no correction). At a difference of zero the
   score statistic is the pooled z, so the interval excludes zero exactly when p < alpha.
+  statsmodels' score solver fails when an arm has no events or only events (a small day):
+  there the difference gets Newcombe's interval and the lift none (no ratio interval behaves
+  there; the adjusted log one can exclude its own estimate).
 - mean: Welch's t-test (scipy `ttest_ind_from_stats`) with the Welch-Satterthwaite interval
   for the difference, and a delta-method interval for the relative lift.
 """
@@ -17,7 +20,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional
+from functools import cached_property
+from typing import Optional, Union
 
 import numpy as np
 from scipy import stats as scipy_stats
@@ -40,7 +44,7 @@ class ArmStats:
         return cls(n, float(with_event), float(with_event))
 
     @classmethod
-    def of_values(cls, values: Sequence[float]) -> ArmStats:
+    def of_values(cls, values: Union[Sequence[float], np.ndarray]) -> ArmStats:
         array = np.asarray(values, dtype=float)
         return cls(len(array), float(array.sum()), float((array * array).sum()))
 
@@ -61,16 +65,18 @@ class ArmStats:
 
 @dataclass(frozen=True)
 class Comparison:
-    """Treatment against control on one metric. `lift` is relative (0.1 = +10 %)."""
+    """Treatment against control on one metric. `lift` is relative (0.1 = +10 %).
+
+    The intervals are computed when first read: the score intervals cost milliseconds each
+    (a root search), and simulations that need only the p-value should not pay for them.
+    """
 
     kind: str
     control: ArmStats
     treatment: ArmStats
     alpha: float
     diff: float
-    diff_ci: tuple[float, float]
     lift: float
-    lift_ci: tuple[float, float]
     statistic: float
     p_value: float
     # Variance of `diff`'s estimate (unpooled), the input of the always-valid p-value.
@@ -79,6 +85,20 @@ class Comparison:
     @property
     def significant(self) -> bool:
         return bool(self.p_value < self.alpha)
+
+    @property
+    def diff_ci(self) -> tuple[float, float]:
+        return self._intervals[0]
+
+    @property
+    def lift_ci(self) -> tuple[float, float]:
+        return self._intervals[1]
+
+    @cached_property
+    def _intervals(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        if self.kind == "proportion":
+            return _proportion_intervals(self)
+        return _mean_intervals(self)
 
 
 def compare(kind: str, control: ArmStats, treatment: ArmStats, alpha: float) -> Comparison:
@@ -89,62 +109,105 @@ def compare(kind: str, control: ArmStats, treatment: ArmStats, alpha: float) -> 
     raise ValueError(f"metric type must be 'proportion' or 'mean', got {kind!r}")
 
 
+def proportion_diff_variance(
+    x_c: np.ndarray, n_c: np.ndarray, x_t: np.ndarray, n_t: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Difference of rates and its unpooled variance, elementwise (NaN where an arm is empty)."""
+    n_c, n_t = np.asarray(n_c, dtype=float), np.asarray(n_t, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p_c, p_t = np.asarray(x_c) / n_c, np.asarray(x_t) / n_t
+        variance = p_t * (1 - p_t) / n_t + p_c * (1 - p_c) / n_c
+    return p_t - p_c, variance
+
+
 def compare_proportions(control: ArmStats, treatment: ArmStats, alpha: float) -> Comparison:
     n_c, n_t = control.n, treatment.n
-    x_c, x_t = round(control.total), round(treatment.total)
-    p_c, p_t = control.mean, treatment.mean
-    diff = p_t - p_c
-    variance = (p_t * (1 - p_t) / n_t + p_c * (1 - p_c) / n_c) if n_c and n_t else NAN
+    x_c, x_t = _counts(control, treatment)
+    diff_array, variance_array = proportion_diff_variance(
+        np.array(x_c), np.array(n_c), np.array(x_t), np.array(n_t)
+    )
     statistic = p_value = NAN
-    diff_ci = lift_ci = (NAN, NAN)
-    # Every test below divides by a pooled variance that is zero when no unit (or every unit)
-    # of both arms had the event: there is nothing to test then.
-    if n_c and n_t and 0 < x_c + x_t < n_c + n_t:
+    if _testable(control, treatment):
         statistic, p_value = (float(v) for v in proportions_ztest([x_t, x_c], [n_t, n_c]))
-        diff_ci = _pair(
-            confint_proportions_2indep(
-                x_t, n_t, x_c, n_c, method="score", compare="diff", alpha=alpha, correction=False
-            )
-        )
-        if x_c > 0:
-            low, high = confint_proportions_2indep(
-                x_t, n_t, x_c, n_c, method="score", compare="ratio", alpha=alpha, correction=False
-            )
-            lift_ci = (float(low) - 1, float(high) - 1)
+    diff, p_c = float(diff_array), control.mean
     lift = diff / p_c if p_c else NAN
     return Comparison(
-        "proportion", control, treatment, alpha, diff, diff_ci, lift, lift_ci,
-        statistic, p_value, variance,
+        "proportion", control, treatment, alpha, diff, lift, statistic, p_value,
+        float(variance_array),
     )  # fmt: skip
+
+
+def _counts(control: ArmStats, treatment: ArmStats) -> tuple[int, int]:
+    return round(control.total), round(treatment.total)
+
+
+def _testable(control: ArmStats, treatment: ArmStats) -> bool:
+    # The pooled variance is zero when no unit (or every unit) of both arms had the event:
+    # there is nothing to test then.
+    x_c, x_t = _counts(control, treatment)
+    return bool(control.n and treatment.n and 0 < x_c + x_t < control.n + treatment.n)
+
+
+def _proportion_intervals(c: Comparison) -> tuple[tuple[float, float], tuple[float, float]]:
+    if not _testable(c.control, c.treatment):
+        return (NAN, NAN), (NAN, NAN)
+    n_c, n_t = c.control.n, c.treatment.n
+    x_c, x_t = _counts(c.control, c.treatment)
+    interior = 0 < x_c < n_c and 0 < x_t < n_t
+    diff_ci = _proportion_interval(x_t, n_t, x_c, n_c, c.alpha, "diff", interior)
+    if not interior:
+        return diff_ci, (NAN, NAN)
+    low, high = _proportion_interval(x_t, n_t, x_c, n_c, c.alpha, "ratio", interior)
+    return diff_ci, (low - 1, high - 1)
+
+
+def _proportion_interval(
+    x_t: int, n_t: int, x_c: int, n_c: int, alpha: float, compare: str, interior: bool
+) -> tuple[float, float]:
+    if interior:
+        options: dict[str, object] = {"method": "score", "correction": False}
+    else:
+        options = {"method": "newcomb"}
+    try:
+        return _pair(
+            confint_proportions_2indep(x_t, n_t, x_c, n_c, compare=compare, alpha=alpha, **options)
+        )
+    except (ValueError, ZeroDivisionError, FloatingPointError):  # a solver that cannot converge
+        return NAN, NAN
 
 
 def compare_means(control: ArmStats, treatment: ArmStats, alpha: float) -> Comparison:
     m_c, m_t = control.mean, treatment.mean
     v_c, v_t = control.variance, treatment.variance
-    diff = m_t - m_c
     se2_c = v_c / control.n if control.n else NAN
     se2_t = v_t / treatment.n if treatment.n else NAN
     variance = se2_c + se2_t
     statistic = p_value = NAN
-    diff_ci = lift_ci = (NAN, NAN)
     if variance > 0:  # False for NaN too: fewer than two units in an arm
         result = scipy_stats.ttest_ind_from_stats(
             m_t, math.sqrt(v_t), treatment.n, m_c, math.sqrt(v_c), control.n, equal_var=False
         )
         statistic, p_value = float(result.statistic), float(result.pvalue)
-        dof = variance**2 / (se2_t**2 / (treatment.n - 1) + se2_c**2 / (control.n - 1))
-        half = float(scipy_stats.t.ppf(1 - alpha / 2, dof)) * math.sqrt(variance)
-        diff_ci = (diff - half, diff + half)
+    diff = m_t - m_c
     lift = diff / m_c if m_c else NAN
-    if m_c and variance > 0:
-        # Delta method for m_t / m_c - 1.
-        se_lift = math.sqrt(se2_t / m_c**2 + m_t**2 * se2_c / m_c**4)
-        half = float(scipy_stats.norm.ppf(1 - alpha / 2)) * se_lift
-        lift_ci = (lift - half, lift + half)
-    return Comparison(
-        "mean", control, treatment, alpha, diff, diff_ci, lift, lift_ci,
-        statistic, p_value, variance,
-    )  # fmt: skip
+    return Comparison("mean", control, treatment, alpha, diff, lift, statistic, p_value, variance)
+
+
+def _mean_intervals(c: Comparison) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Welch-Satterthwaite interval for the difference; delta method for m_t / m_c - 1."""
+    if not c.diff_variance > 0:
+        return (NAN, NAN), (NAN, NAN)
+    se2_c = c.control.variance / c.control.n
+    se2_t = c.treatment.variance / c.treatment.n
+    dof = c.diff_variance**2 / (se2_t**2 / (c.treatment.n - 1) + se2_c**2 / (c.control.n - 1))
+    half = float(scipy_stats.t.ppf(1 - c.alpha / 2, dof)) * math.sqrt(c.diff_variance)
+    diff_ci = (c.diff - half, c.diff + half)
+    m_c, m_t = c.control.mean, c.treatment.mean
+    if not m_c:
+        return diff_ci, (NAN, NAN)
+    se_lift = math.sqrt(se2_t / m_c**2 + m_t**2 * se2_c / m_c**4)
+    half = float(scipy_stats.norm.ppf(1 - c.alpha / 2)) * se_lift
+    return diff_ci, (c.lift - half, c.lift + half)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

@@ -3,7 +3,8 @@
 A decision record carries `traffic` (percent outside control after the record) whenever it
 changed it. A `rollback` without `traffic` means 0 until a later record restores it. Before the
 first record that sets traffic, the traffic in force is that record's `previous_traffic` when
-it has one, otherwise the registry's configured traffic.
+it has one; else, when that record is a ramp advance to a registered step, the step before it;
+else the registry's configured traffic.
 """
 
 from __future__ import annotations
@@ -28,13 +29,16 @@ class DecisionError(ValueError):
 
 
 def traffic_history(
-    decisions: Iterable[tuple[str, Mapping[str, Any]]], experiment: str, configured: float
+    decisions: Iterable[tuple[str, Mapping[str, Any]]],
+    experiment: str,
+    configured: float,
+    ramp_steps: tuple[float, ...] = (),
 ) -> list[TrafficPeriod]:
     """Periods of constant traffic, oldest first; the first starts at `BEGINNING`.
 
     `decisions` are (place, record) pairs; the place (`decisions.jsonl:12`) names a bad record.
     """
-    changes: list[tuple[datetime, float, Optional[float]]] = []
+    changes: list[tuple[datetime, float, Optional[float], Any]] = []
     for place, record in decisions:
         if record.get("experiment") != experiment:
             continue
@@ -42,18 +46,28 @@ def traffic_history(
         if traffic is None:
             continue
         previous = _number(record.get("previous_traffic"), f"{place}.previous_traffic")
-        changes.append((_timestamp(record.get("ts"), f"{place}.ts"), traffic, previous))
+        at = _timestamp(record.get("ts"), f"{place}.ts")
+        changes.append((at, traffic, previous, record.get("action")))
     changes.sort(key=lambda change: change[0])
-    initial = configured
-    if changes and changes[0][2] is not None:
-        initial = changes[0][2]
+    initial = _initial(changes[0][1:], configured, ramp_steps) if changes else configured
     periods = [TrafficPeriod(BEGINNING, initial)]
-    for at, traffic, _ in changes:
+    for at, traffic, _, _ in changes:
         if at <= periods[-1].since:
             periods[-1] = TrafficPeriod(periods[-1].since, traffic)
         elif traffic != periods[-1].traffic:
             periods.append(TrafficPeriod(at, traffic))
     return periods
+
+
+def _initial(
+    first: tuple[float, Optional[float], Any], configured: float, ramp_steps: tuple[float, ...]
+) -> float:
+    traffic, previous, action = first
+    if previous is not None:
+        return previous
+    if action == "advance" and traffic in ramp_steps and ramp_steps.index(traffic) > 0:
+        return ramp_steps[ramp_steps.index(traffic) - 1]
+    return configured
 
 
 def _traffic_after(record: Mapping[str, Any], place: str) -> Optional[float]:

@@ -28,6 +28,10 @@ def _check(args: argparse.Namespace, config: RouterConfig) -> int:
     return 0
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
 def _assign(args: argparse.Namespace, config: RouterConfig) -> int:
     if args.experiment not in config.experiments:
         known = ", ".join(config.experiments) or "none"

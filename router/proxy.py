@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 import aiohttp
+from yarl import URL
 
 from router.config import BackendConfig, RouterSettings
 from router.metrics import RouterMetrics
@@ -59,6 +60,16 @@ class EndpointState:
     failures: int = 0
     next_probe_at: float = 0.0
     probing: bool = False
+    _urls: dict[str, URL] = field(default_factory=dict, repr=False)
+
+    def url_for(self, path: str) -> URL:
+        """The parsed URL of `path` on this endpoint (parsing a URL per request is not free)."""
+        url = self._urls.get(path)
+        if url is None:
+            if len(self._urls) > 1024:  # paths come from the registry; this only bounds it
+                self._urls.clear()
+            url = self._urls[path] = URL(self.url + path)
+        return url
 
 
 @dataclass
@@ -158,7 +169,7 @@ class Upstreams:
         started = time.perf_counter()
         try:
             async with self.session.post(
-                endpoint.url + target_path,
+                endpoint.url_for(target_path),
                 data=body,
                 headers={"Content-Type": content_type},
                 timeout=backend.timeout,

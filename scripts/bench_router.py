@@ -8,13 +8,15 @@ runs one worker with an access log, so both proxies log every request.
 Besides req/s and latency it measures the CPU time each proxy process used during the run, so
 "req/s per core" compares the proxies' efficiency, not how the 2 shared cores were divided.
 
-usage: scripts/bench_router.sh [--duration S] [--static-concurrency 1,32] [--paddle-concurrency 1,8]
-                               [--models DIR] [--skip-paddle] [--json FILE]
+usage: scripts/bench_router.sh [--duration S] [--rounds N] [--static-concurrency 1,32]
+                               [--paddle-concurrency 1,16] [--models DIR] [--skip-paddle]
+                               [--isolate] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -96,6 +98,27 @@ def children(pid: int) -> list[int]:
             if int(fields[1]) == pid:
                 found.append(int(entry.name))
     return found
+
+
+def process_group(pgid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid:
+                found.append(int(entry.name))
+    return found
+
+
+def pin(pids: list[int], cpus: set[int]) -> None:
+    """Every thread of `pids` onto `cpus` (threads started later inherit it)."""
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):  # a thread that just ended
+                os.sched_setaffinity(int(task.name), cpus)
 
 
 def wait_port(port: int, timeout: float = 30.0) -> None:
@@ -317,12 +340,17 @@ end
     return script
 
 
+# With --isolate, wrk runs on the proxies' CPUs: `taskset -c LIST`.
+WRK_PREFIX: list[str] = []
+
+
 def run_wrk(
     url: str, script: Path, concurrency: int, duration: float
 ) -> tuple[float, float, float, int]:
     threads = 1 if concurrency < 8 else 2
     output = subprocess.run(
         [
+            *WRK_PREFIX,
             "wrk",
             f"-t{threads}",
             f"-c{concurrency}",
@@ -367,12 +395,25 @@ class Target:
 
 
 def measure(
-    targets: list[Target], concurrency: dict[str, list[int]], script: Path, duration: float
+    targets: list[Target],
+    concurrency: dict[str, list[int]],
+    script: Path,
+    duration: float,
+    rounds: int,
 ) -> list[Result]:
+    """Every (target, concurrency) `rounds` times, interleaved so that a noisy minute on a
+    shared machine hits all paths alike; the median round of each is reported."""
     from tqdm import tqdm
 
-    runs = [(t, c) for t in targets for c in concurrency[t.backend]]
-    results = []
+    runs = [
+        (t, c)
+        for _ in range(rounds)
+        for backend in ("static", "paddle")
+        for c in concurrency[backend]
+        for t in targets
+        if t.backend == backend
+    ]
+    measured: dict[tuple[str, str, int], list[Result]] = {}
     progress = tqdm(runs, desc="bench", unit="run", file=sys.stderr)
     for target, conc in progress:
         progress.set_postfix_str(f"{target.backend}/{target.path} c={conc}")
@@ -380,10 +421,16 @@ def measure(
         before = cpu_seconds(target.pids) if target.pids else None
         rps, p50, p99, errors = run_wrk(target.url, script, conc, duration)
         used = cpu_seconds(target.pids) - before if before is not None else None
-        results.append(
-            Result(target.backend, target.path, conc, rps, p50, p99, errors, used, duration)
-        )
-    return results
+        result = Result(target.backend, target.path, conc, rps, p50, p99, errors, used, duration)
+        measured.setdefault((target.backend, target.path, conc), []).append(result)
+    return [median_round(results) for results in measured.values()]
+
+
+def median_round(results: list[Result]) -> Result:
+    """The round with the median throughput, errors summed over all rounds."""
+    ordered = sorted(results, key=lambda r: r.requests_per_s)
+    chosen = ordered[len(ordered) // 2]
+    return Result(**{**asdict(chosen), "errors": sum(r.errors for r in results)})
 
 
 def report(results: list[Result]) -> None:
@@ -428,13 +475,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measured run")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per path; the median counts")
     parser.add_argument("--static-concurrency", default="1,32")
-    parser.add_argument("--paddle-concurrency", default="1,8")
+    parser.add_argument("--paddle-concurrency", default="1,16")
     parser.add_argument("--models", type=Path, default=REPO / "build" / "bench-models",
                         help="demo bundles (built there if missing)")  # fmt: skip
     parser.add_argument("--skip-paddle", action="store_true", help="static backend only")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--isolate",
+        action="store_true",
+        help="backends on the last CPU, proxies and wrk on the others (separate hosts, roughly)",
+    )
     parser.add_argument("--serve-plain-proxy", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_plain_proxy:
@@ -450,7 +503,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-router-")))
         static_port, split_port = free_port(), free_port()
         static = f"127.0.0.1:{static_port}"
-        stack.enter_context(nginx(work, static_port, static_backend_block(static_port)))
+        backend_pids = stack.enter_context(
+            nginx(work, static_port, static_backend_block(static_port))
+        )
         paddle = None
         if not args.skip_paddle:
             bundle = args.models / "sentiment_v1"
@@ -463,6 +518,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             stack.callback(server.stop)
             server.wait_ready()
             paddle = f"127.0.0.1:{server.http_port}"
+            backend_pids += process_group(server.pid)
         router_port, router_pids = stack.enter_context(
             router(work, router_registry(work, static, paddle))
         )
@@ -491,7 +547,16 @@ def main(argv: Optional[list[str]] = None) -> int:
             targets.append(Target(backend, "direct", f"http://{backends[backend]}{route}", []))
             for path, (port, pids) in proxies.items():
                 targets.append(Target(backend, path, f"http://127.0.0.1:{port}{route}", pids))
-        results = measure(targets, concurrency, script, args.duration)
+        if args.isolate:
+            cpus = sorted(os.sched_getaffinity(0))
+            if len(cpus) < 2:
+                sys.exit("bench: --isolate needs at least 2 CPUs")
+            back, front = {cpus[-1]}, set(cpus[:-1])
+            pin(backend_pids, back)
+            pin(router_pids + split_pids + plain_pids, front)
+            WRK_PREFIX[:] = ["taskset", "-c", ",".join(map(str, sorted(front)))]
+            print(f"bench: backends on CPU {cpus[-1]}, proxies and wrk on {sorted(front)}")
+        results = measure(targets, concurrency, script, args.duration, args.rounds)
         time.sleep(0.5)  # the router flushes its exposure log every 0.2 s
         logged = sum(
             len(p.read_text().splitlines())

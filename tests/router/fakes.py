@@ -29,10 +29,13 @@ class FakePipeline:
     mode: Mode = "ok"
     delay_s: float = 0.0
     received: list[Received] = field(default_factory=list)
+    # Set on every request; create the fake inside the running loop (Python 3.9 binds it).
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.received.append(Received(request.path, body, dict(request.headers)))
+        self.arrived.set()
         if self.mode == "slow":
             await asyncio.sleep(self.delay_s)
         if self.mode == "not_json":

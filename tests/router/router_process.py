@@ -43,6 +43,14 @@ class RouterProcess:
             if self.process.stdout is not None:
                 self.process.stdout.close()
 
+    def wait(self, timeout: float) -> int:
+        """The exit code once the router has exited by itself (after a signal already sent)."""
+        try:
+            return self.process.wait(timeout)
+        finally:
+            if self.process.stdout is not None:
+                self.process.stdout.close()
+
     def output(self) -> str:
         return self.log_file.read_text(errors="replace")
 

@@ -13,7 +13,7 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
-from router.app import OBSERVER
+from router.app import EVENT_LOGS, OBSERVER
 from router.checks import EXPOSURE_FIELDS
 from tests.router.fakes import FakePipeline, closed_port_url, start_fake, url_of
 from tests.router.harness import DEMO_BODY, build_app, exposures, metric, registry, unit_in
@@ -373,3 +373,24 @@ async def test_status_endpoints(aiohttp_client: Any, tmp_path: Path, fakes: Fake
     app = client.app
     assert app is not None
     assert metric(app, "router_traffic_percent", experiment="sentiment") == 50
+
+
+async def test_a_failing_log_disk_never_fails_requests(
+    aiohttp_client: Any, tmp_path: Path, fakes: Fakes
+) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the log directory should be")
+    raw = registry(blocker / "logs", [url_of(fakes["v1"][1])], [url_of(fakes["v2"][1])])
+    app = build_app(raw)
+    client: TestClient = await aiohttp_client(app)
+    for index in range(5):
+        assert (await post(client, f"u{index}")).status == 200
+    assert (await client.post("/events", json={"unit_id": "u", "metric": "m"})).status == 202
+    exposures(app)  # flushes: the writes fail and are counted
+    for _ in range(50):
+        if metric(app, "router_events_dropped_total", log="exposures") == 5:
+            break
+        await asyncio.sleep(0.02)
+    assert metric(app, "router_events_dropped_total", log="exposures") == 5
+    app[EVENT_LOGS].outcomes.flush()
+    assert metric(app, "router_events_dropped_total", log="outcomes") == 1

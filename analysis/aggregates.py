@@ -1,0 +1,88 @@
+"""What the engine reduces the logs to: small tables of counts and sums, no engine types.
+
+Everything downstream (statistics, verdict, plots) reads only this, so it can be built by
+hand in tests, and the engine could be swapped without touching the statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Optional
+
+from analysis.stats import ArmStats
+
+# The built-in segment: the treatment traffic in force when a unit was first exposed.
+TRAFFIC_SEGMENT = "traffic at first exposure"
+# The segment of units whose attribute was not logged.
+MISSING = "(none)"
+
+
+@dataclass(frozen=True)
+class MetricSums:
+    """Per-unit sums of one metric over the units of one arm (or segment) that had records.
+
+    Units without records count as zero, so the arm's unit count completes the statistics.
+    `with_event` counts the units with at least one record of positive value.
+    """
+
+    total: float = 0.0
+    total_sq: float = 0.0
+    with_event: int = 0
+
+    def as_stats(self, kind: str, units: int) -> ArmStats:
+        if kind == "proportion":
+            return ArmStats.of_proportion(units, self.with_event)
+        return ArmStats(units, self.total, self.total_sq)
+
+
+@dataclass(frozen=True)
+class DayRow:
+    """One arm and metric on one day: that day's per-unit sums, and the running totals."""
+
+    day: date
+    units: int  # units enrolled by the end of the day (cumulative)
+    daily: MetricSums  # outcomes on this day, per unit
+    cumulative: MetricSums  # outcomes up to the end of this day, per unit
+
+
+@dataclass(frozen=True)
+class DataQuality:
+    exposure_files: int = 0
+    outcome_files: int = 0
+    exposure_records: int = 0  # records of this experiment
+    unreadable_lines: int = 0  # exposure and outcome lines that are not records
+    truncated_last_lines: int = 0  # of those, a file's incomplete last line
+    not_enrolled: int = 0
+    unusable_exposures: int = 0  # of this experiment, but no ts, unit or arm
+    switched_units: int = 0  # logged in more than one arm; counted in their first
+    fallback_units: int = 0  # served by control at least once through a fallback
+    outcome_records: int = 0
+    outcomes_used: int = 0
+    outcomes_before_exposure: int = 0
+    outcomes_unknown_unit: int = 0
+
+
+@dataclass(frozen=True)
+class Aggregates:
+    arms: dict[str, int]  # enrolled units per arm (arm = first assigned)
+    units_by_traffic: dict[tuple[float, str], int]  # (traffic at first exposure, arm) -> units
+    metrics: dict[tuple[str, str], MetricSums]  # (arm, metric) -> sums
+    # (attribute, value, arm) -> units, and (attribute, value, arm, metric) -> sums
+    segment_units: dict[tuple[str, str, str], int]
+    segment_metrics: dict[tuple[str, str, str, str], MetricSums]
+    daily: dict[tuple[str, str], list[DayRow]]  # (arm, metric) -> rows, oldest first
+    binary_metrics: frozenset[str]  # metrics whose every value was 0 or 1
+    first_exposure: Optional[datetime]
+    last_exposure: Optional[datetime]
+    quality: DataQuality = field(default_factory=DataQuality)
+
+    @property
+    def metric_names(self) -> list[str]:
+        return sorted({metric for _, metric in self.metrics})
+
+    @property
+    def days_run(self) -> float:
+        if self.first_exposure is None or self.last_exposure is None:
+            return 0.0
+        return (self.last_exposure - self.first_exposure).total_seconds() / 86400

@@ -1,0 +1,92 @@
+"""Daily trend plots (PNG, matplotlib's Agg backend: no display needed).
+
+One figure per metric and treatment arm: above, each arm's daily value; below, the daily lift
+with its interval as points and the cumulative lift as a line with a band. A novelty effect
+shows as a daily lift that starts high and decays; a learning effect as one that grows.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+with warnings.catch_warnings():
+    # matplotlib 3.9 calls pyparsing APIs that pyparsing 3.3 deprecates, at import time.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+from analysis.results import PRIMARY, Trend
+from analysis.stats import Comparison
+
+CONTROL_COLOR, TREATMENT_COLOR, CUMULATIVE_COLOR = "#4c72b0", "#dd8452", "#2a2a2a"
+
+
+def plot_trend(trend: Trend, control: str, path: Path) -> Path:
+    days = [p.day for p in trend.points]
+    x = np.arange(len(days))
+    percent = trend.kind == "proportion"
+    scale = 100.0 if percent else 1.0
+
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(9, 6.5), sharex=True, gridspec_kw={"height_ratios": [1, 1.3]}
+    )
+    top.plot(x, [p.daily.control.mean * scale for p in trend.points], "o-",
+             color=CONTROL_COLOR, label=control)  # fmt: skip
+    top.plot(x, [p.daily.treatment.mean * scale for p in trend.points], "o-",
+             color=TREATMENT_COLOR, label=trend.arm)  # fmt: skip
+    top.set_ylabel(f"{trend.metric} that day\nper enrolled unit" + (" (%)" if percent else ""))
+    top.legend(loc="best", frameon=False)
+    top.grid(alpha=0.3)
+
+    daily = _lifts([p.daily for p in trend.points])
+    cumulative = _lifts([p.cumulative for p in trend.points])
+    bottom.axhline(0, color="#888", linewidth=1)
+    bottom.fill_between(x, cumulative[1], cumulative[2], color=CUMULATIVE_COLOR, alpha=0.12,
+                        label="cumulative: interval")  # fmt: skip
+    bottom.plot(x, cumulative[0], "-", color=CUMULATIVE_COLOR, linewidth=2,
+                label="cumulative lift")  # fmt: skip
+    bottom.errorbar(
+        x, daily[0], yerr=[daily[0] - daily[1], daily[2] - daily[0]], fmt="o",
+        color=TREATMENT_COLOR, ecolor=TREATMENT_COLOR, alpha=0.8, capsize=3,
+        label="lift of the day, with interval",
+    )  # fmt: skip
+    bottom.set_ylabel(f"lift of {trend.arm} vs {control} (%)")
+    bottom.legend(loc="best", frameon=False, fontsize=9)
+    bottom.grid(alpha=0.3)
+    step = max(1, len(days) // 10)
+    bottom.set_xticks(x[::step])
+    bottom.set_xticklabels([d.strftime("%m-%d") for d in days][::step])
+    bottom.set_xlabel("day (UTC)")
+
+    title = f"{trend.metric}: {trend.arm} vs {control}"
+    last = trend.points[-1]
+    if trend.role == PRIMARY and last.always_valid_p is not None:
+        title += f"  (always-valid p = {last.always_valid_p:.3g})"
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _lifts(comparisons: list[Comparison]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lift and its interval in percent; NaN where undefined (a gap in the plot)."""
+    value = np.array([c.lift for c in comparisons], dtype=float) * 100
+    low = np.array([c.lift_ci[0] for c in comparisons], dtype=float) * 100
+    high = np.array([c.lift_ci[1] for c in comparisons], dtype=float) * 100
+    # Error bars need both ends; a point without an interval is drawn without a bar.
+    missing = np.isnan(low) | np.isnan(high)
+    low[missing], high[missing] = value[missing], value[missing]
+    return value, low, high
+
+
+def plot_file_name(trend: Trend) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{trend.metric}-{trend.arm}")
+    return f"trend-{safe}.png"

@@ -1,0 +1,91 @@
+"""Reading the registry's analysis block, arms and log settings."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from analysis.registry import RegistryError, load_registry, parse_registry
+from tests.analysis.logbook import registry as make_registry
+from tests.analysis.tables import table
+
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def test_the_repositorys_registry() -> None:
+    registry = load_registry(REPO / "experiments.yaml")
+    assert registry.log_dir == REPO / "logs"
+    assert registry.attributes == ("city", "device", "app_version")
+    spec = registry.experiment(None)
+    assert spec.name == "sentiment"
+    assert spec.arms.configured_traffic == 10
+    assert spec.ramp_steps == (1, 10, 50, 100)
+    assert spec.plan is not None
+    assert (spec.plan.primary.metric, spec.plan.primary.type) == ("conversion", "proportion")
+    assert spec.plan.primary.direction == "increase"
+    assert spec.plan.primary.mde == 0.005
+    assert [m.metric for m in spec.plan.secondary] == ["revenue"]
+    assert [m.metric for m in spec.plan.guardrails] == ["complaint"]
+    assert (spec.plan.alpha, spec.plan.power, spec.plan.min_days) == (0.05, 0.8, 7)
+
+
+def test_multi_arm_registry() -> None:
+    raw = make_registry(Path("/logs"))
+    body = raw["experiments"]["sentiment"]
+    del body["traffic"]
+    body["variants"] = [
+        {"name": "legacy", "backend": "sentiment-v1", "weight": 60},
+        {"name": "new", "backend": "sentiment-v2", "weight": 40},
+    ]
+    spec = parse_registry(raw).experiment("sentiment")
+    assert spec.arms.names == ("legacy", "new")
+    assert spec.arms.configured_traffic == 40
+    assert spec.arms.shares(40) == pytest.approx({"legacy": 0.6, "new": 0.4})
+
+
+def test_unknown_router_fields_are_ignored_and_no_plan_is_allowed() -> None:
+    raw = make_registry(Path("/logs"), analysis={}, extra={"future_field": {"x": 1}})
+    spec = parse_registry(raw).experiment("sentiment")
+    assert spec.plan is None
+
+
+@pytest.mark.parametrize(
+    "case", table("analysis_registry.json")["invalid"], ids=lambda c: c["name"]
+)
+def test_invalid_registry_names_the_place(case: dict[str, Any]) -> None:
+    raw = make_registry(Path("/logs"))
+    body = copy.deepcopy(raw["experiments"]["sentiment"])
+    body.update(case["experiment"])
+    raw["experiments"]["sentiment"] = {k: v for k, v in body.items() if v is not None}
+    with pytest.raises(RegistryError) as caught:
+        parse_registry(raw, source="experiments.yaml")
+    assert case["error"] in str(caught.value)
+    assert str(caught.value).startswith("experiments.yaml: ")
+
+
+def test_choosing_an_experiment() -> None:
+    raw = make_registry(Path("/logs"))
+    raw["experiments"]["second"] = dict(raw["experiments"]["sentiment"])
+    registry = parse_registry(raw, source="r.yaml")
+    with pytest.raises(RegistryError, match="2 defined; choose one with --experiment"):
+        registry.experiment(None)
+    with pytest.raises(
+        RegistryError, match=r"experiments\.nope: not defined \(known: second, sentiment\)"
+    ):
+        registry.experiment("nope")
+
+
+def test_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(RegistryError, match="cannot read"):
+        load_registry(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("router: [unclosed\n")
+    with pytest.raises(RegistryError, match="invalid YAML"):
+        load_registry(bad)
+    not_mapping = tmp_path / "list.yaml"
+    not_mapping.write_text("- 1\n")
+    with pytest.raises(RegistryError, match="top level"):
+        load_registry(not_mapping)
