@@ -4,8 +4,8 @@ Everything that needs a running loop or holds a resource (the client session, th
 log writer threads, the file watch) is opened in a `cleanup_ctx` generator and closed after its
 `yield`, in reverse order: the logs close last, after the last request has been logged.
 
-The SLO guard (issue 4) plugs in by setting `app[OBSERVER]` and `app[TRAFFIC]` after
-`create_app` and before the app starts (see router.hooks).
+The SLO guard (issue 4) plugs in by setting `app[OBSERVER]`, `app[TRAFFIC]`, `app[ON_RELOAD]`
+and `app[SHADOW_LISTENER]` after `create_app` and before the app starts (see router.hooks).
 """
 
 from __future__ import annotations
@@ -21,7 +21,14 @@ from aiohttp import web
 from router.config import RouterConfig
 from router.events import EventLogs
 from router.handler import ProxyHandler
-from router.hooks import ConfiguredTraffic, NullObserver, RequestObserver, TrafficPolicy
+from router.hooks import (
+    ConfiguredTraffic,
+    NullObserver,
+    ReloadHook,
+    RequestObserver,
+    ShadowListener,
+    TrafficPolicy,
+)
 from router.live import LiveRegistry
 from router.metrics import RouterMetrics
 from router.outcomes import OutcomeEndpoint
@@ -38,6 +45,9 @@ EVENT_LOGS = web.AppKey("event_logs", EventLogs)
 OBSERVER = web.AppKey[RequestObserver]("observer")
 TRAFFIC = web.AppKey[TrafficPolicy]("traffic")
 RELOADER = web.AppKey[Optional[ConfigReloader]]("reloader")
+# None: the built-in hook (traffic edits recorded as `actor: config` decisions).
+ON_RELOAD = web.AppKey[Optional[ReloadHook]]("on_reload")
+SHADOW_LISTENER = web.AppKey[Optional[ShadowListener]]("shadow_listener")
 
 
 def create_app(
@@ -69,6 +79,8 @@ def create_app(
         else None
     )
     app[RELOADER] = reloader
+    app[ON_RELOAD] = None
+    app[SHADOW_LISTENER] = None
     metrics.add_live_gauge(
         "router_traffic_percent",
         "Percent of enrolled units outside control in force, per experiment.",
@@ -91,7 +103,7 @@ def create_app(
     app.router.add_route("*", "/{path:.*}", handler.handle)
 
     app.cleanup_ctx.append(_event_logs(logs))
-    app.cleanup_ctx.append(_hooks(app, handler))
+    app.cleanup_ctx.append(_hooks(app, handler, reloader))
     app.cleanup_ctx.append(_backends(upstreams, handler))
     if reloader is not None:
         app.cleanup_ctx.append(_config_reload(reloader, watch))
@@ -120,9 +132,14 @@ def _event_logs(logs: EventLogs) -> CleanupContext:
     return context
 
 
-def _hooks(app: web.Application, handler: ProxyHandler) -> CleanupContext:
+def _hooks(
+    app: web.Application, handler: ProxyHandler, reloader: Optional[ConfigReloader]
+) -> CleanupContext:
     async def context(_: web.Application) -> AsyncIterator[None]:
-        handler.bind(app[OBSERVER], app[TRAFFIC])
+        handler.bind(app[OBSERVER], app[TRAFFIC], app[SHADOW_LISTENER])
+        on_reload = app[ON_RELOAD]
+        if reloader is not None and on_reload is not None:
+            reloader.bind(on_reload)
         yield
 
     return context

@@ -10,7 +10,6 @@ if the last failure was a timeout.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import time
@@ -21,7 +20,13 @@ from aiohttp import web
 
 from router.assign import Arm, Assignment
 from router.events import EventLogs, utc_now_iso
-from router.hooks import ConfiguredTraffic, NullObserver, RequestObserver, TrafficPolicy
+from router.hooks import (
+    ConfiguredTraffic,
+    NullObserver,
+    RequestObserver,
+    ShadowListener,
+    TrafficPolicy,
+)
 from router.live import LiveRegistry, Snapshot
 from router.metrics import RouterMetrics
 from router.proxy import BackendFailure, BackendReply, Upstreams
@@ -53,12 +58,19 @@ class ProxyHandler:
         self._logs = logs
         self._observer: RequestObserver = NullObserver()
         self._traffic: TrafficPolicy = ConfiguredTraffic(live.config)
+        self._shadow_listener: Optional[ShadowListener] = None
         self._shadows: set[asyncio.Task[None]] = set()
 
-    def bind(self, observer: RequestObserver, traffic: TrafficPolicy) -> None:
+    def bind(
+        self,
+        observer: RequestObserver,
+        traffic: TrafficPolicy,
+        shadow_listener: Optional[ShadowListener] = None,
+    ) -> None:
         """The hooks in force, fixed when the app starts (router.hooks)."""
         self._observer = observer
         self._traffic = traffic
+        self._shadow_listener = shadow_listener
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
@@ -89,16 +101,23 @@ class ProxyHandler:
         assignment = plan.assign(unit, self._traffic.effective_traffic(name))
         content_type = request.headers.get("Content-Type") or JSON
         assigned = assignment.arm
+        control_answer: Optional[asyncio.Future[Optional[BackendReply]]] = None
         if experiment.mode == "shadow":
             # Everyone gets control; treatment units also send a copy to the treatment.
             if not assignment.is_control:
-                self._shadow(snapshot, name, assigned, path, body, content_type)
+                control_answer = self._shadow(snapshot, name, assigned, path, body, content_type)
             assigned = plan.control
-        outcome = await self._serve(
-            snapshot, name, assigned, plan.control, experiment.fallback == "control",
-            path, body, content_type,
-        )  # fmt: skip
-
+        try:
+            outcome = await self._serve(
+                snapshot, name, assigned, plan.control, experiment.fallback == "control",
+                path, body, content_type,
+            )  # fmt: skip
+            if control_answer is not None:
+                control_answer.set_result(outcome.reply)
+        finally:
+            # The shadow copy waits for control's answer; never leave it waiting.
+            if control_answer is not None and not control_answer.done():
+                control_answer.set_result(None)
         request_id = request.headers.get("X-Request-Id") or os.urandom(12).hex()
         info = {
             "name": name,
@@ -201,19 +220,37 @@ class ProxyHandler:
         path: str,
         body: bytes,
         content_type: str,
-    ) -> None:
+    ) -> Optional[asyncio.Future[Optional[BackendReply]]]:
+        """Send a copy to `arm` in the background; the returned future takes control's answer,
+        for the shadow listener to compare. None if too many copies are in flight."""
         if len(self._shadows) >= MAX_SHADOW_IN_FLIGHT:
             self._metrics.shadow_skipped.labels(experiment).inc()
-            return
+            return None
+        control_answer: asyncio.Future[Optional[BackendReply]] = (
+            asyncio.get_running_loop().create_future()
+        )
 
         async def mirror() -> None:
             # A failure is observed against the treatment; the user never waits for it.
-            with contextlib.suppress(BackendFailure):
-                await self._call(snapshot, experiment, arm, path, body, content_type)
+            try:
+                shadow: Optional[BackendReply] = await self._call(
+                    snapshot, experiment, arm, path, body, content_type
+                )
+            except BackendFailure:
+                shadow = None
+            if self._shadow_listener is not None:
+                control = await control_answer
+                self._shadow_listener.shadow_answered(
+                    experiment,
+                    arm.name,
+                    control.payload if control else None,
+                    shadow.payload if shadow else None,
+                )
 
         task = asyncio.ensure_future(mirror())
         self._shadows.add(task)
         task.add_done_callback(self._shadows.discard)
+        return control_answer
 
     async def close(self) -> None:
         """Let shadow copies in flight finish (they are bounded by the backend timeout)."""

@@ -9,15 +9,24 @@
   from the registry; a ramp or a rollback overrides it. `describe` adds live state to
   `GET /experiments`.
 
-Both are held in the app state (`router.app.OBSERVER`, `router.app.TRAFFIC`) and must be set
-before the app starts.
+- `ReloadHook(old, new)` runs right after a reloaded registry is put in force (synchronously,
+  so no request sees the new registry before it ran) and returns the decision records to write.
+  The default records traffic edits (`actor: config`); the guard replaces it with its own.
+- `ShadowListener.shadow_answered` receives both answers of a shadowed request (a payload is
+  None when that call failed), for comparing them.
+
+They are held in the app state (`router.app.OBSERVER`, `TRAFFIC`, `ON_RELOAD`,
+`SHADOW_LISTENER`) and must be set before the app starts.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 from router.config import RouterConfig
+
+DecisionRecord = dict[str, Any]
+ReloadHook = Callable[[RouterConfig, RouterConfig], list[DecisionRecord]]
 
 
 class RequestObserver(Protocol):
@@ -47,3 +56,13 @@ class ConfiguredTraffic:
 
     def describe(self, experiment: str) -> dict[str, Any]:
         return {}
+
+
+class ShadowListener(Protocol):
+    def shadow_answered(
+        self,
+        experiment: str,
+        variant: str,
+        control: Optional[dict[str, Any]],
+        shadow: Optional[dict[str, Any]],
+    ) -> None: ...

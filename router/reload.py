@@ -19,7 +19,7 @@ from typing import Optional
 from router.checks import reshuffle_problems, restart_problems
 from router.config import ConfigError, RouterConfig, load_config
 from router.events import JsonlWriter, utc_now_iso
-from router.hooks import TrafficPolicy
+from router.hooks import DecisionRecord, ReloadHook, TrafficPolicy
 from router.live import LiveRegistry, ReloadStatus
 from router.metrics import RouterMetrics
 
@@ -38,6 +38,7 @@ class ConfigReloader:
         decisions: JsonlWriter,
         traffic: TrafficPolicy,
         poll_interval: float = POLL_INTERVAL_S,
+        on_install: Optional[ReloadHook] = None,
     ) -> None:
         self._path = path
         self._live = live
@@ -45,6 +46,7 @@ class ConfigReloader:
         self._decisions = decisions
         self._traffic = traffic
         self._poll_interval = poll_interval
+        self._on_install: ReloadHook = on_install or self.traffic_change_records
         # Created on first use: on Python 3.9 a Lock binds to the loop current at creation.
         self._lock: Optional[asyncio.Lock] = None
         self._signalled: set[asyncio.Task[bool]] = set()
@@ -90,28 +92,35 @@ class ConfigReloader:
                 return False
             if new != old:
                 self._live.install(new)
-                self._record_traffic_changes(old, new)
+                # No await between the two: no request sees the registry before the hook ran.
+                for record in self._on_install(old, new):
+                    self._decisions.write(record)
                 log.warning("registry reloaded (%s): %s", source, self._path)
             self._metrics.config_reloads.labels("ok").inc()
             self._metrics.config_last_reload_success.set(1)
             self._live.status = ReloadStatus(ok=True, source=source)
             return True
 
-    def _record_traffic_changes(self, old: RouterConfig, new: RouterConfig) -> None:
+    def bind(self, on_install: ReloadHook) -> None:
+        """Replace the default reload hook (router.hooks.ReloadHook)."""
+        self._on_install = on_install
+
+    def traffic_change_records(self, old: RouterConfig, new: RouterConfig) -> list[DecisionRecord]:
+        """The default hook: one `actor: config` decision per experiment whose traffic changed."""
+        records = []
         for name, experiment in new.experiments.items():
             before = old.experiments.get(name)
             previous = before.configured_traffic() if before is not None else None
             configured = experiment.configured_traffic()
             if previous == configured:
                 continue
-            self._decisions.write(
+            raised = previous is not None and configured > previous
+            records.append(
                 {
                     "ts": utc_now_iso(),
                     "experiment": name,
                     "check": None,
-                    "action": "advance"
-                    if previous is not None and configured > previous
-                    else "none",
+                    "action": "advance" if raised else "none",
                     "actor": "config",
                     "traffic": self._traffic.effective_traffic(name),
                     "configured_traffic": configured,
@@ -119,6 +128,7 @@ class ConfigReloader:
                     "revision": experiment.revision,
                 }
             )
+        return records
 
     def install_sighup(self) -> bool:
         """Reload on SIGHUP; False where signals cannot be handled (not the main thread)."""

@@ -120,6 +120,7 @@ async def wait_until(check: Callable[[], Any], timeout: float) -> float:
 BODY = json.dumps(demo_request(1)).encode()
 
 
+@pytest.mark.timeout(900)  # 26,000 real model calls; a loaded 2-core machine needs minutes
 async def test_split_consistency_and_monotone_ramp(
     paddle_backends: dict[str, Backend], start: StartRouter, tmp_path: Path
 ) -> None:

@@ -13,7 +13,7 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
-from router.app import EVENT_LOGS, OBSERVER
+from router.app import EVENT_LOGS, OBSERVER, SHADOW_LISTENER
 from router.checks import EXPOSURE_FIELDS
 from tests.router.fakes import FakePipeline, closed_port_url, start_fake, url_of
 from tests.router.harness import DEMO_BODY, build_app, exposures, metric, registry, unit_in
@@ -320,6 +320,37 @@ async def test_shadow_mode_serves_control_and_mirrors_treatment_units(
     observer = app[OBSERVER]
     assert isinstance(observer, Recorder)
     assert ("sentiment", "treatment", True) in observer.calls
+
+
+async def test_shadow_listener_gets_both_answers(
+    aiohttp_client: Any, tmp_path: Path, fakes: Fakes
+) -> None:
+    compared: list[tuple[str, str, Any, Any]] = []
+
+    class Listener:
+        def shadow_answered(self, experiment: str, variant: str, control: Any, shadow: Any) -> None:
+            compared.append((experiment, variant, control, shadow))
+
+    raw = registry(
+        tmp_path / "logs",
+        [url_of(fakes["v1"][1])],
+        [url_of(fakes["v2"][1])],
+        {"experiments": {"sentiment": {"mode": "shadow"}}},
+    )
+    app = build_app(raw)
+    app[SHADOW_LISTENER] = Listener()
+    client: TestClient = await aiohttp_client(app)
+    await post(client, unit_in("treatment"))
+    fakes["v2"][0].mode = "err_no"
+    await post(client, unit_in("treatment", start=10_000))
+    for _ in range(100):
+        if len(compared) == 2:
+            break
+        await asyncio.sleep(0.02)
+    (name, variant, control, shadow), (_, _, control_2, failed) = compared
+    assert (name, variant) == ("sentiment", "treatment")
+    assert control["value"][1] == "v1" and shadow["value"][1] == "v2"
+    assert control_2["value"][1] == "v1" and failed is None
 
 
 async def test_multi_arm_routes_by_variant(

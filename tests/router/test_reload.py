@@ -13,8 +13,8 @@ import pytest_asyncio
 import yaml
 from aiohttp.test_utils import TestClient
 
-from router.app import create_app
-from router.config import load_config
+from router.app import ON_RELOAD, create_app
+from router.config import RouterConfig, load_config
 from tests.router.data import merge_patch
 from tests.router.fakes import FakePipeline, start_fake, url_of
 from tests.router.harness import DEMO_BODY, decisions, metric, registry, unit_in
@@ -44,13 +44,26 @@ class Setup:
         raise AssertionError(f"not within {timeout}s: {await self.state()}")
 
 
+HOOK_CALLS: list[tuple[float, float]] = []
+
+
+def custom_hook(old: RouterConfig, new: RouterConfig) -> list[dict[str, Any]]:
+    before, after = old.experiments["sentiment"], new.experiments["sentiment"]
+    HOOK_CALLS.append((before.configured_traffic(), after.configured_traffic()))
+    return [{"experiment": "sentiment", "actor": "guard", "action": "none"}]
+
+
 @pytest_asyncio.fixture
-async def setup(aiohttp_client: Any, tmp_path: Path) -> AsyncIterator[Setup]:
+async def setup(
+    aiohttp_client: Any, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Setup]:
     fake, server = await start_fake("both")
     raw = registry(tmp_path / "logs", [url_of(server)], [url_of(server)])
     path = tmp_path / "experiments.yaml"
     path.write_text(yaml.safe_dump(raw))
     app = create_app(load_config(path), path, flush_interval=0.02)
+    # parametrize("setup", [hook], indirect=True) installs a reload hook
+    app[ON_RELOAD] = getattr(request, "param", None)
     client = await aiohttp_client(app)
     yield Setup(path, raw, client, fake)
     await server.close()
@@ -79,6 +92,17 @@ async def test_edit_takes_effect_within_a_second(setup: Setup) -> None:
     setup.write({"experiments": {"sentiment": {"traffic": 5}}})
     await setup.wait_for(traffic_is(5))
     assert decisions(app)[-1]["action"] == "none"
+
+
+@pytest.mark.parametrize("setup", [custom_hook], indirect=True)
+async def test_a_reload_hook_replaces_the_config_decisions(setup: Setup) -> None:
+    HOOK_CALLS.clear()
+    setup.write({"experiments": {"sentiment": {"traffic": 70}}})
+    await setup.wait_for(traffic_is(70))
+    assert HOOK_CALLS == [(50, 70)]
+    app = setup.client.app
+    assert app is not None
+    assert decisions(app) == [{"experiment": "sentiment", "actor": "guard", "action": "none"}]
 
 
 async def test_invalid_edit_keeps_the_old_registry_serving(setup: Setup) -> None:
