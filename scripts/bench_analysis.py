@@ -78,7 +78,7 @@ def dataset_dir(args: argparse.Namespace) -> Path:
 def generate(target: Path, args: argparse.Namespace) -> float:
     """Write the logs with DuckDB, day by day; returns the seconds it took.
 
-    Unit k is first exposed at a random time t_k in the first days - 3 days and seen
+    Unit k is first exposed at a random time t_k in the first days - 2 days and seen
     `exposures / units` times, a few hours apart. Outcomes fall from 2 hours before to 34 hours
     after t_k (those before it must not count). Its arm at an exposure follows the router: its
     bucket against the traffic in force then, so the ramp moves some units to treatment, and
@@ -96,7 +96,7 @@ def generate(target: Path, args: argparse.Namespace) -> float:
     units, days = args.units, args.days
     per_unit = max(1, args.exposures // units)
     day_ms = 86_400_000
-    span_ms = (days - 3) * day_ms
+    span_ms = (days - 2) * day_ms
 
     def traffic_at(ms_expr: str) -> str:
         day = f"({ms_expr}) // {day_ms}"
@@ -159,16 +159,24 @@ def generate(target: Path, args: argparse.Namespace) -> float:
         WHERE NOT (kind < 2 AND {bucket} >= {traffic_at("first")} * 100
                    AND hash(j, 'drop') % 100 < 8)
     """
-    with tqdm(total=2 * days, desc="generating logs", unit="file") as progress:
+    with tqdm(total=2, desc="generating logs", unit="log") as progress:
         for name, query in (("exposures", exposures), ("outcomes", outcomes)):
-            con.execute(f"CREATE TEMP TABLE rows_{name} AS {query}")
-            for day in range(days):
-                con.execute(
-                    f"COPY (SELECT * EXCLUDE (day) FROM rows_{name} WHERE day = {day}) "
-                    f"TO '{logs}/{name}-{_day(day)}.jsonl' (FORMAT JSON)"
-                )
-                progress.update()
-            con.execute(f"DROP TABLE rows_{name}")
+            # One pass, one file per day (DuckDB writes day=N/data_0.json; renamed below).
+            parts = scratch / name
+            con.execute(f"COPY ({query}) TO '{parts}' (FORMAT JSON, PARTITION_BY (day))")
+            for folder in sorted(parts.iterdir()):
+                day = int(folder.name.split("=", 1)[1])
+                files = sorted(folder.glob("*.json"))
+                target_file = logs / f"{name}-{_day(day)}.jsonl"
+                if len(files) == 1:
+                    files[0].rename(target_file)
+                else:
+                    with open(target_file, "wb") as out:
+                        for part in files:
+                            with open(part, "rb") as chunk:
+                                shutil.copyfileobj(chunk, out)
+            shutil.rmtree(parts)
+            progress.update()
     with open(logs / "decisions.jsonl", "w") as file:
         for day, traffic in RAMP:
             record = {"ts": f"{_day(day)}T00:00:00.000Z", "experiment": EXPERIMENT,
@@ -277,7 +285,7 @@ def _pandas_core(exposures: list[str], outcomes: list[str]) -> dict[str, int]:
     def read(files: list[str], fields: dict[str, pa.DataType]) -> pd.DataFrame:
         schema = pa.schema(fields)
         options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
-        tables = [pj.read_json(f, parse_options=options) for f in files]
+        tables = [pj.read_json(f, parse_options=options) for f in files if os.path.getsize(f)]
         return pa.concat_tables(tables).to_pandas()
 
     e = read(exposures, {"ts": pa.string(), "experiment": pa.string(), "unit": pa.string(),

@@ -27,7 +27,8 @@ def paddle_inference(bundle_dir: Path, tokens: np.ndarray) -> np.ndarray:
     handle.reshape(list(tokens.shape))
     handle.copy_from_cpu(tokens)
     predictor.run()
-    return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+    output: np.ndarray = predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+    return output
 
 
 def predict(backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
