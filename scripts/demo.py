@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,20 +105,34 @@ class Traffic:
         self.bonus = bonus
         self.concurrency = concurrency
 
-    async def run(self, users: Sequence[User], label: str) -> Tally:
+    async def run(
+        self, users: Sequence[User], label: str, until: Callable[[], bool] | None = None
+    ) -> Tally:
+        """Send `users` through the router; stop early once `until()` (polled each second) holds."""
         tally = Tally()
         queue: asyncio.Queue[User] = asyncio.Queue()
         for user in users:
             queue.put_nowait(user)
         progress = tqdm(total=sum(u.visits for u in users), desc=label, unit="req", leave=True)
         timeout = aiohttp.ClientTimeout(total=10)
+        done = asyncio.Event()
+
+        async def watch() -> None:
+            while until is not None and not done.is_set():
+                if await asyncio.get_running_loop().run_in_executor(None, until):
+                    done.set()
+                await asyncio.sleep(1)
+
         async with aiohttp.ClientSession(timeout=timeout) as session:
 
             async def worker() -> None:
-                while not queue.empty():
+                while not queue.empty() and not done.is_set():
                     await self._visit(session, queue.get_nowait(), tally, progress)
 
+            watcher = asyncio.ensure_future(watch())
             await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+            done.set()
+            await watcher
         progress.close()
         return tally
 
@@ -187,13 +201,12 @@ def get_json(url: str) -> Any:
 
 
 def experiment_state(router_url: str) -> dict[str, Any]:
-    state = get_json(router_url + "/experiments")
-    experiments = state.get("experiments", state)
-    return (
-        experiments[EXPERIMENT]
-        if isinstance(experiments, dict)
-        else next(e for e in experiments if e.get("name") == EXPERIMENT)
-    )
+    found: dict[str, Any] = get_json(router_url + "/experiments")["experiments"][EXPERIMENT]
+    return found
+
+
+def rolled_back(router_url: str) -> Callable[[], bool]:
+    return lambda: experiment_state(router_url).get("status") == "rolled_back"
 
 
 def wait_for(predicate: Any, timeout: float, what: str) -> float:
@@ -240,7 +253,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--users", type=int, default=3000, help="users in phases 1 and 2")
-    parser.add_argument("--rollback-users", type=int, default=300, help="users during the rollback")
+    parser.add_argument(
+        "--rollback-users",
+        type=int,
+        default=3000,
+        help="most users sent while waiting for the rollback",
+    )
     parser.add_argument("--concurrency", type=int, default=4, help="users in flight at once")
     parser.add_argument(
         "--base-rate", type=float, default=0.06, help="conversion chance per answer"
@@ -309,21 +327,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             "== phase 3: the treatment server freezes (SIGSTOP); the SLO guard should roll it back"
         )
         treatment_pid = backend_pid(args.run_dir, registry["experiments"][EXPERIMENT]["treatment"])
+        slo = registry["experiments"][EXPERIMENT]["slo"]
+        print(
+            f"   (slo: p99 <= {slo['p99_ms']} ms, error rate <= {slo['error_rate']}, "
+            f"{slo['failed_checks']} failed checks in a row, one every {slo['interval']})"
+        )
         os.killpg(treatment_pid, signal.SIGSTOP)
+        frozen_at = time.monotonic()
         try:
             extra = make_users(args.rollback_users, args.seed + 1, first_id=args.users)
-            tally = asyncio.run(traffic.run(extra, "phase 3"))
+            tally = asyncio.run(traffic.run(extra, "phase 3", until=rolled_back(router_url)))
             print("   ", tally.line())
-            slo = registry["experiments"][EXPERIMENT]["slo"]
-            wait_for(
-                lambda: experiment_state(router_url).get("status") == "rolled_back", 120, "rollback"
-            )
+            if not rolled_back(router_url)():
+                raise RuntimeError("the SLO guard did not roll the frozen treatment back")
+            print(f"   rolled back {time.monotonic() - frozen_at:.0f}s after the freeze")
         finally:
             os.killpg(treatment_pid, signal.SIGCONT)
         state = experiment_state(router_url)
-        print(f"   rolled back: {json.dumps(state.get('last_decision', state), default=str)[:400]}")
-        print(f"   (slo: p99 <= {slo['p99_ms']} ms, error rate <= {slo['error_rate']}, "
-              f"{slo['failed_checks']} failed checks every {slo['interval']})")  # fmt: skip
+        print(
+            f"   last decision: {json.dumps(state.get('last_decision', state), default=str)[:400]}"
+        )
+        after = asyncio.run(traffic.run(make_users(100, args.seed + 2, first_id=10**6), "after"))
+        print("    after the rollback:", after.line())
 
     print("== analysis")
     report_dir = args.run_dir / "report"
