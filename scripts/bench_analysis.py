@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 REPO = Path(__file__).resolve().parent.parent
-GENERATOR_VERSION = "4"
+GENERATOR_VERSION = "5"
 START_DAY = "2026-11-20"
 EXPERIMENT = "sentiment"
 RAMP = ((0, 10.0), (3, 50.0))  # (day, treatment traffic from that day on)
@@ -76,13 +76,14 @@ def dataset_dir(args: argparse.Namespace) -> Path:
 
 
 def generate(target: Path, args: argparse.Namespace) -> float:
-    """Write the logs with DuckDB, day by day; returns the seconds it took.
+    """Write the logs with DuckDB, one daily file at a time; returns the seconds it took.
 
-    Unit k is first exposed at a random time t_k in the first days - 2 days and seen
-    `exposures / units` times, a few hours apart. Outcomes fall from 2 hours before to 34 hours
-    after t_k (those before it must not count). Its arm at an exposure follows the router: its
-    bucket against the traffic in force then, so the ramp moves some units to treatment, and
-    the analysis keeps them in their first arm.
+    Units enroll at a steady pace: unit k is first exposed at t_k = k * span / units (span: the
+    days less two) and seen `exposures / units` times, up to 8 hours apart, so the rows of a
+    day come from a narrow range of units and each file is one bounded scan. Outcomes fall
+    from 2 hours before to 34 hours after t_k (those before it must not count). A unit's arm
+    at an exposure follows the router: its bucket against the traffic in force then, so the
+    ramp moves some units to treatment, and the analysis keeps them in their first arm.
     """
     import duckdb
     from tqdm import tqdm
@@ -93,27 +94,36 @@ def generate(target: Path, args: argparse.Namespace) -> float:
     started = time.perf_counter()
     con = duckdb.connect()
     con.execute(f"SET threads = {args.threads or os.cpu_count()}")
-    units, days = args.units, args.days
+    units, days, outcomes_total = args.units, args.days, args.outcomes
     per_unit = max(1, args.exposures // units)
     day_ms = 86_400_000
     span_ms = (days - 2) * day_ms
+    gap_ms, before_ms, after_ms = 8 * 3_600_000, 2 * 3_600_000, 34 * 3_600_000
 
     def traffic_at(ms_expr: str) -> str:
         day = f"({ms_expr}) // {day_ms}"
         cases = " ".join(f"WHEN {day} >= {d} THEN {t}" for d, t in sorted(RAMP, reverse=True))
         return f"(CASE {cases} END)"
 
-    first_ms = f"(hash(k, 'first') % {span_ms})::BIGINT"
+    def unit_at(ms: int) -> int:
+        """The first unit enrolled at or after `ms` (clamped to the units there are)."""
+        return min(max(ms * units // span_ms, 0), units)
+
+    first_ms = f"(k * {span_ms} // {units})::BIGINT"
     bucket = "hash(k, 'bucket') % 10000"
-    exposures = f"""
+
+    def exposure_query(day: int) -> str:
+        lo = unit_at(day * day_ms - (per_unit - 1) * gap_ms - day_ms) * per_unit
+        hi = unit_at((day + 1) * day_ms + day_ms) * per_unit
+        return f"""
         WITH rows AS (
-          SELECT i, i // {per_unit} AS k, i % {per_unit} AS j FROM range({args.exposures}) t(i)
+          SELECT i, i // {per_unit} AS k, i % {per_unit} AS j FROM range({lo}, {hi}) t(i)
         ), timed AS (
-          SELECT *, {first_ms} + j * (hash(k, 'gap') % 28800000)::BIGINT AS ms FROM rows
+          SELECT *, {first_ms} + j * (hash(k, 'gap') % {gap_ms})::BIGINT AS ms FROM rows
         ), assigned AS (
           SELECT *, {bucket} < {traffic_at("ms")} * 100 AS treated,
                  hash(i, 'fallback') % 200 = 0 AS fell_back
-          FROM timed
+          FROM timed WHERE ms // {day_ms} = {day}
         )
         SELECT strftime(TIMESTAMP '{START_DAY}' + to_milliseconds(ms), '%Y-%m-%dT%H:%M:%S.%gZ')
                  AS ts,
@@ -132,18 +142,30 @@ def generate(target: Path, args: argparse.Namespace) -> float:
                ['beijing', 'shanghai', 'guangzhou', 'shenzhen', 'chengdu', 'hangzhou']
                  [(1 + hash(k, 'city') % 6)::BIGINT] AS city,
                ['android', 'ios'][(1 + hash(k, 'device') % 2)::BIGINT] AS device,
-               ['2.3.0', '2.3.1', '2.4.0'][(1 + hash(k, 'app') % 3)::BIGINT] AS app_version,
-               ms // {day_ms} AS day
+               ['2.3.0', '2.3.1', '2.4.0'][(1 + hash(k, 'app') % 3)::BIGINT] AS app_version
         FROM assigned
-    """
+        """
+
     # 20 % conversion, 30 % revenue, 10 % complaint, 40 % click (not registered: exploratory).
     # Units first exposed in control lose 8 % of their conversions: treatment wins by ~8 %.
-    outcomes = f"""
+    # Outcome j belongs to a unit near j * units / outcomes, jittered by up to 1,000 units.
+    def outcome_query(day: int) -> str:
+        def row_at(ms: int) -> int:
+            return min(max(ms * units // span_ms - 1000, 0) * outcomes_total // units, outcomes_total)
+
+        lo = row_at(day * day_ms - after_ms - day_ms)
+        hi = min(row_at((day + 1) * day_ms + before_ms + day_ms) + 2000 * outcomes_total // units + 1,
+                 outcomes_total)  # fmt: skip
+        return f"""
         WITH rows AS (
-          SELECT j, hash(j, 'outcome-unit') % {units} AS k, j % 10 AS kind FROM range({args.outcomes}) t(j)
+          SELECT j, j % 10 AS kind,
+                 greatest(least(j * {units} // {outcomes_total} + hash(j, 'jitter') % 2001 - 1000,
+                                {units - 1}), 0) AS k
+          FROM range({lo}, {hi}) t(j)
         ), timed AS (
-          SELECT *, {first_ms} AS first, {first_ms} - 7200000
-                    + (hash(j, 'offset') % 129600000)::BIGINT AS ms
+          SELECT *, {first_ms} AS first,
+                 {first_ms} - {before_ms} + (hash(j, 'offset') % {before_ms + after_ms})::BIGINT
+                   AS ms
           FROM rows
         )
         SELECT strftime(TIMESTAMP '{START_DAY}' + to_milliseconds(ms), '%Y-%m-%dT%H:%M:%S.%gZ')
@@ -153,30 +175,20 @@ def generate(target: Path, args: argparse.Namespace) -> float:
                     WHEN kind < 6 THEN 'complaint' ELSE 'click' END AS metric,
                CASE WHEN kind BETWEEN 2 AND 4 THEN round(5 + (hash(j, 'v') % 5000) / 100.0, 2)
                     ELSE 1 END AS value,
-               CASE WHEN kind = 6 THEN '{EXPERIMENT}' END AS experiment,
-               ms // {day_ms} AS day
+               CASE WHEN kind = 6 THEN '{EXPERIMENT}' END AS experiment
         FROM timed
-        WHERE NOT (kind < 2 AND {bucket} >= {traffic_at("first")} * 100
+        WHERE ms // {day_ms} = {day}
+          AND NOT (kind < 2 AND {bucket} >= {traffic_at("first")} * 100
                    AND hash(j, 'drop') % 100 < 8)
-    """
-    with tqdm(total=2, desc="generating logs", unit="log") as progress:
-        for name, query in (("exposures", exposures), ("outcomes", outcomes)):
-            # One pass, one file per day (DuckDB writes day=N/data_0.json; renamed below).
-            parts = scratch / name
-            con.execute(f"COPY ({query}) TO '{parts}' (FORMAT JSON, PARTITION_BY (day))")
-            for folder in sorted(parts.iterdir()):
-                day = int(folder.name.split("=", 1)[1])
-                files = sorted(folder.glob("*.json"))
-                target_file = logs / f"{name}-{_day(day)}.jsonl"
-                if len(files) == 1:
-                    files[0].rename(target_file)
-                else:
-                    with open(target_file, "wb") as out:
-                        for part in files:
-                            with open(part, "rb") as chunk:
-                                shutil.copyfileobj(chunk, out)
-            shutil.rmtree(parts)
-            progress.update()
+        """
+
+    with tqdm(total=2 * days, desc="generating logs", unit="file") as progress:
+        for name, query in (("exposures", exposure_query), ("outcomes", outcome_query)):
+            for day in range(days):
+                con.execute(
+                    f"COPY ({query(day)}) TO '{logs}/{name}-{_day(day)}.jsonl' (FORMAT JSON)"
+                )
+                progress.update()
     with open(logs / "decisions.jsonl", "w") as file:
         for day, traffic in RAMP:
             record = {"ts": f"{_day(day)}T00:00:00.000Z", "experiment": EXPERIMENT,
