@@ -87,7 +87,7 @@ def test_bad_feeds_get_a_clear_err_no(
 def test_auto_batching_server_answers_each_request_with_its_own_rows(
     paddle_backend_factory: BackendFactory, demo_models: Path
 ) -> None:
-    backend = paddle_backend_factory(demo_models / "sentiment_v2", concurrency=2, batch_size=8)
+    backend = paddle_backend_factory(demo_models / "sentiment_v2", batch_size=8)
     reviews = make_reviews(24, seed=55).tokens
     expected = paddle_inference(demo_models / "sentiment_v2", reviews)
     with ThreadPoolExecutor(max_workers=12) as pool:
