@@ -43,9 +43,14 @@ def _serve(args: argparse.Namespace) -> int:
 
     parse_device(args.device)
     if not 1 <= args.batch_size < args.rpc_threads:
-        # Paddle Serving's auto-batching deadlocks when a batch can take every gRPC thread.
+        # Paddle Serving's docs ask for batch_size < worker_num (its gRPC threads).
         raise ValueError(
             f"--batch-size must be between 1 and --rpc-threads - 1 ({args.rpc_threads - 1})"
+        )
+    if args.batch_size > 1 and args.concurrency > 1:
+        # Seen here: Paddle Serving 0.9.0 stops answering under concurrent load in this setup.
+        raise ValueError(
+            "--batch-size > 1 needs --concurrency 1 (Paddle Serving 0.9.0 hangs otherwise)"
         )
     workdir = (
         args.workdir or Path("run/serving") / f"{args.model.name}-{args.http_port}"
