@@ -63,23 +63,39 @@ class DataQuality:
     outcomes_unknown_unit: int = 0
 
 
+Stratum = float  # the treatment traffic (percent) in force at a unit's first exposure
+
+
 @dataclass(frozen=True)
 class Aggregates:
-    arms: dict[str, int]  # enrolled units per arm (arm = first assigned)
-    units_by_traffic: dict[tuple[float, str], int]  # (traffic at first exposure, arm) -> units
-    metrics: dict[tuple[str, str], MetricSums]  # (arm, metric) -> sums
-    # (attribute, value, arm) -> units, and (attribute, value, arm, metric) -> sums
-    segment_units: dict[tuple[str, str, str], int]
-    segment_metrics: dict[tuple[str, str, str, str], MetricSums]
-    daily: dict[tuple[str, str], list[DayRow]]  # (arm, metric) -> rows, oldest first
+    """Everything is kept per stratum (ramp phase), the unit of a fair comparison."""
+
+    units: dict[tuple[Stratum, str], int]  # (stratum, arm) -> enrolled units
+    metrics: dict[tuple[Stratum, str, str], MetricSums]  # (stratum, arm, metric) -> sums
+    # (attribute, value, stratum, arm) -> units, and (..., metric) -> sums
+    segment_units: dict[tuple[str, str, Stratum, str], int]
+    segment_metrics: dict[tuple[str, str, Stratum, str, str], MetricSums]
+    daily: dict[tuple[Stratum, str, str], list[DayRow]]  # (stratum, arm, metric) -> days
     binary_metrics: frozenset[str]  # metrics whose every value was 0 or 1
     first_exposure: Optional[datetime]
     last_exposure: Optional[datetime]
     quality: DataQuality = field(default_factory=DataQuality)
 
     @property
+    def strata(self) -> list[Stratum]:
+        return sorted({stratum for stratum, _ in self.units})
+
+    @property
+    def arms(self) -> dict[str, int]:
+        """Enrolled units per arm (the arm of their first exposure), over all strata."""
+        totals: dict[str, int] = {}
+        for (_, arm), count in self.units.items():
+            totals[arm] = totals.get(arm, 0) + count
+        return totals
+
+    @property
     def metric_names(self) -> list[str]:
-        return sorted({metric for _, metric in self.metrics})
+        return sorted({metric for _, _, metric in self.metrics})
 
     @property
     def days_run(self) -> float:

@@ -27,7 +27,6 @@ import duckdb
 
 from analysis.aggregates import (
     MISSING,
-    TRAFFIC_SEGMENT,
     Aggregates,
     DataQuality,
     DayRow,
@@ -79,7 +78,7 @@ class _Run:
         outcome_quality = self._load_outcomes()
         unreadable = exposure_quality.pop("unreadable") + outcome_quality.pop("unreadable")
         truncated = self._truncated_last_lines() if unreadable else 0
-        arms, units_by_traffic, segment_units = self._unit_counts()
+        units, segment_units = self._unit_counts()
         metrics, segment_metrics = self._metric_sums()
         first, last = self._exposure_span()
         quality = DataQuality(
@@ -91,12 +90,11 @@ class _Run:
             **outcome_quality,
         )
         return Aggregates(
-            arms=arms,
-            units_by_traffic=units_by_traffic,
+            units=units,
             metrics=metrics,
             segment_units=segment_units,
             segment_metrics=segment_metrics,
-            daily=self._daily(first, last, arms),
+            daily=self._daily(first, last, units),
             binary_metrics=self._binary_metrics(),
             first_exposure=first,
             last_exposure=last,
@@ -243,76 +241,78 @@ class _Run:
 
     # --- aggregating ---------------------------------------------------------------------------
 
-    def _grouping_sets(self, prefix: Sequence[str]) -> str:
-        keys = ", ".join(prefix)
-        sets = [f"({keys})"] + [f"({keys}, u.{c})" for c in (*self.attr_columns, "traffic")]
+    def _grouping_sets(self, keys: Sequence[str]) -> str:
+        """The whole arm, and each attribute's segments; always within strata."""
+        base = ", ".join([*keys, "u.traffic"])
+        sets = [f"({base})"] + [f"({base}, u.{c})" for c in self.attr_columns]
         return "GROUPING SETS (" + ", ".join(sets) + ")"
 
     def _segment_of(self, row: Sequence[Any]) -> Optional[tuple[str, str]]:
-        """(attribute, value) of a grouping-set row whose segment columns come first."""
-        values = row[: len(self.attr_columns) + 1]
-        for name, value in zip((*self.attributes, TRAFFIC_SEGMENT), values):
+        """(attribute, value) of a grouping-set row whose attribute columns come first."""
+        for name, value in zip(self.attributes, row[: len(self.attr_columns)]):
             if value is not None:
-                return name, _traffic_label(value) if name == TRAFFIC_SEGMENT else str(value)
+                return name, str(value)
         return None
 
-    def _segment_select(self) -> str:
-        return ", ".join(f"u.{c}" for c in (*self.attr_columns, "traffic"))
+    def _select_attributes(self) -> str:
+        return "".join(f"u.{c}, " for c in self.attr_columns)
 
     def _unit_counts(
         self,
-    ) -> tuple[dict[str, int], dict[tuple[float, str], int], dict[tuple[str, str, str], int]]:
+    ) -> tuple[dict[tuple[float, str], int], dict[tuple[str, str, float, str], int]]:
         rows = self.con.execute(
             f"""
-            SELECT {self._segment_select()}, u.arm, count(*)
+            SELECT {self._select_attributes()} u.traffic, u.arm, count(*)
             FROM units u GROUP BY {self._grouping_sets(["u.arm"])}
             """
         ).fetchall()
-        arms: dict[str, int] = {}
-        by_traffic: dict[tuple[float, str], int] = {}
-        segments: dict[tuple[str, str, str], int] = {}
+        units: dict[tuple[float, str], int] = {}
+        segments: dict[tuple[str, str, float, str], int] = {}
         for row in rows:
-            arm, count = str(row[-2]), int(row[-1])
+            traffic, arm, count = float(row[-3]), str(row[-2]), int(row[-1])
             segment = self._segment_of(row)
             if segment is None:
-                arms[arm] = count
-                continue
-            segments[(segment[0], segment[1], arm)] = count
-            if segment[0] == TRAFFIC_SEGMENT:
-                by_traffic[(float(row[len(self.attr_columns)]), arm)] = count
-        return arms, by_traffic, segments
+                units[(traffic, arm)] = count
+            else:
+                segments[(segment[0], segment[1], traffic, arm)] = count
+        return units, segments
 
     def _metric_sums(
         self,
-    ) -> tuple[dict[tuple[str, str], MetricSums], dict[tuple[str, str, str, str], MetricSums]]:
+    ) -> tuple[
+        dict[tuple[float, str, str], MetricSums], dict[tuple[str, str, float, str, str], MetricSums]
+    ]:
         rows = self.con.execute(
             f"""
             WITH totals AS (
                 SELECT unit, metric, sum(v) AS v, bool_or(pos) AS pos
                 FROM unit_days GROUP BY ALL
             )
-            SELECT {self._segment_select()}, u.arm, t.metric,
+            SELECT {self._select_attributes()} u.traffic, u.arm, t.metric,
                    sum(t.v), sum(t.v * t.v), count(*) FILTER (WHERE t.pos)
             FROM totals t JOIN units u ON t.unit = u.unit
             GROUP BY {self._grouping_sets(["u.arm", "t.metric"])}
             """
         ).fetchall()
-        metrics: dict[tuple[str, str], MetricSums] = {}
-        segments: dict[tuple[str, str, str, str], MetricSums] = {}
+        metrics: dict[tuple[float, str, str], MetricSums] = {}
+        segments: dict[tuple[str, str, float, str, str], MetricSums] = {}
         for row in rows:
-            arm, metric = str(row[-5]), str(row[-4])
+            traffic, arm, metric = float(row[-6]), str(row[-5]), str(row[-4])
             sums = MetricSums(float(row[-3]), float(row[-2]), int(row[-1]))
             segment = self._segment_of(row)
             if segment is None:
-                metrics[(arm, metric)] = sums
+                metrics[(traffic, arm, metric)] = sums
             else:
-                segments[(segment[0], segment[1], arm, metric)] = sums
+                segments[(segment[0], segment[1], traffic, arm, metric)] = sums
         return metrics, segments
 
     def _daily(
-        self, first: Optional[datetime], last: Optional[datetime], arms: dict[str, int]
-    ) -> dict[tuple[str, str], list[DayRow]]:
-        """Per arm and metric, each day: that day's per-unit sums and the running per-unit sums.
+        self,
+        first: Optional[datetime],
+        last: Optional[datetime],
+        units: dict[tuple[float, str], int],
+    ) -> dict[tuple[float, str, str], list[DayRow]]:
+        """Per stratum, arm and metric, each day: that day's per-unit sums and the running ones.
 
         A running sum of per-unit *squares* cannot be added up from daily sums, so each unit
         contributes the change of its own squared running total on the days it had records.
@@ -320,7 +320,7 @@ class _Run:
         if first is None or last is None:
             return {}
         new_units = self.con.execute(
-            "SELECT arm, CAST(first_ts AS DATE), count(*) FROM units GROUP BY ALL"
+            "SELECT traffic, arm, CAST(first_ts AS DATE), count(*) FROM units GROUP BY ALL"
         ).fetchall()
         rows = self.con.execute(
             """
@@ -337,38 +337,34 @@ class _Run:
                 FROM running
                 WINDOW w AS (PARTITION BY unit, metric ORDER BY day)
             )
-            SELECT u.arm, ch.metric, ch.day, sum(ch.v), sum(ch.v * ch.v),
+            SELECT u.traffic, u.arm, ch.metric, ch.day, sum(ch.v), sum(ch.v * ch.v),
                    count(*) FILTER (WHERE ch.pos), sum(ch.d_sq), sum(ch.d_had)
             FROM changes ch JOIN units u ON ch.unit = u.unit
             GROUP BY ALL
             """
         ).fetchall()
-        outcome_days = [r[2] for r in rows]
+        outcome_days = [r[3] for r in rows]
         days = _day_range(first.date(), max([last.date(), *outcome_days]))
-        added: dict[tuple[str, date], int] = {(str(a), d): int(n) for a, d, n in new_units}
-        cells: dict[tuple[str, str, date], tuple[Any, ...]] = {
-            (str(r[0]), str(r[1]), r[2]): r[3:] for r in rows
-        }
-        metric_names = sorted({str(r[1]) for r in rows})
-        series: dict[tuple[str, str], list[DayRow]] = {}
-        for arm in arms:
+        added = {(float(t), str(a), d): int(n) for t, a, d, n in new_units}
+        cells = {(float(r[0]), str(r[1]), str(r[2]), r[3]): r[4:] for r in rows}
+        metric_names = sorted({str(r[2]) for r in rows})
+        series: dict[tuple[float, str, str], list[DayRow]] = {}
+        for traffic, arm in units:
             for metric in metric_names:
-                units, total, total_sq, with_event = 0, 0.0, 0.0, 0
+                enrolled, total, total_sq, with_event = 0, 0.0, 0.0, 0
                 out: list[DayRow] = []
                 for day in days:
-                    units += added.get((arm, day), 0)
-                    cell = cells.get((arm, metric, day))
+                    enrolled += added.get((traffic, arm, day), 0)
+                    cell = cells.get((traffic, arm, metric, day))
                     daily = MetricSums()
                     if cell is not None:
                         v, v_sq, pos, d_sq, d_had = cell
                         daily = MetricSums(float(v), float(v_sq), int(pos))
                         total, total_sq, with_event = (
-                            total + float(v),
-                            total_sq + float(d_sq),
-                            with_event + int(d_had),
+                            total + float(v), total_sq + float(d_sq), with_event + int(d_had)
                         )
-                    out.append(DayRow(day, units, daily, MetricSums(total, total_sq, with_event)))
-                series[(arm, metric)] = out
+                    out.append(DayRow(day, enrolled, daily, MetricSums(total, total_sq, with_event)))
+                series[(traffic, arm, metric)] = out
         return series
 
     def _binary_metrics(self) -> frozenset[str]:
@@ -387,9 +383,6 @@ class _Run:
 def _day_range(first: date, last: date) -> list[date]:
     return [first + timedelta(days=i) for i in range((last - first).days + 1)]
 
-
-def _traffic_label(traffic: Any) -> str:
-    return f"{float(traffic):g}%"
 
 
 def _paths(files: Sequence[Path]) -> list[str]:

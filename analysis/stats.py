@@ -13,6 +13,11 @@ report over ten million exposures and a unit test over ten units go through the 
   there; the adjusted log one can exclude its own estimate).
 - mean: Welch's t-test (scipy `ttest_ind_from_stats`) with the Welch-Satterthwaite interval
   for the difference, and a delta-method interval for the relative lift.
+- several strata (ramp phases: units enrolled under different traffic splits): the arms are
+  compared within each stratum and the differences combined with the strata's unit shares
+  as weights (post-stratification); a normal test on the combined difference and its variance.
+  Pooling across a ramp would compare a treatment arm of mostly late units with a control arm
+  of mostly early ones.
 """
 
 from __future__ import annotations
@@ -75,12 +80,28 @@ class Comparison:
     control: ArmStats
     treatment: ArmStats
     alpha: float
-    diff: float
-    lift: float
+    control_mean: float
+    treatment_mean: float
+    # Variances of the two means' estimates; their sum is the (unpooled) variance of `diff`.
+    control_mean_variance: float
+    treatment_mean_variance: float
     statistic: float
     p_value: float
-    # Variance of `diff`'s estimate (unpooled), the input of the always-valid p-value.
-    diff_variance: float
+    # Per-stratum (control, treatment) when the comparison is stratified; empty otherwise.
+    strata: tuple[tuple[ArmStats, ArmStats], ...] = ()
+
+    @property
+    def diff(self) -> float:
+        return self.treatment_mean - self.control_mean
+
+    @property
+    def lift(self) -> float:
+        return self.diff / self.control_mean if self.control_mean else NAN
+
+    @property
+    def diff_variance(self) -> float:
+        """The input of the always-valid p-value."""
+        return self.control_mean_variance + self.treatment_mean_variance
 
     @property
     def significant(self) -> bool:
@@ -96,6 +117,8 @@ class Comparison:
 
     @cached_property
     def _intervals(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        if self.strata:
+            return _normal_intervals(self)
         if self.kind == "proportion":
             return _proportion_intervals(self)
         return _mean_intervals(self)
@@ -123,18 +146,23 @@ def proportion_diff_variance(
 def compare_proportions(control: ArmStats, treatment: ArmStats, alpha: float) -> Comparison:
     n_c, n_t = control.n, treatment.n
     x_c, x_t = _counts(control, treatment)
-    diff_array, variance_array = proportion_diff_variance(
-        np.array(x_c), np.array(n_c), np.array(x_t), np.array(n_t)
-    )
     statistic = p_value = NAN
     if _testable(control, treatment):
         statistic, p_value = (float(v) for v in proportions_ztest([x_t, x_c], [n_t, n_c]))
-    diff, p_c = float(diff_array), control.mean
-    lift = diff / p_c if p_c else NAN
     return Comparison(
-        "proportion", control, treatment, alpha, diff, lift, statistic, p_value,
-        float(variance_array),
+        "proportion", control, treatment, alpha, control.mean, treatment.mean,
+        _mean_variance("proportion", control), _mean_variance("proportion", treatment),
+        statistic, p_value,
     )  # fmt: skip
+
+
+def _mean_variance(kind: str, arm: ArmStats) -> float:
+    """Variance of the arm's mean: p(1-p)/n for a rate (as the unpooled z uses), s^2/n else."""
+    if not arm.n:
+        return NAN
+    if kind == "proportion":
+        return arm.mean * (1 - arm.mean) / arm.n
+    return arm.variance / arm.n
 
 
 def _counts(control: ArmStats, treatment: ArmStats) -> tuple[int, int]:
@@ -179,30 +207,74 @@ def _proportion_interval(
 def compare_means(control: ArmStats, treatment: ArmStats, alpha: float) -> Comparison:
     m_c, m_t = control.mean, treatment.mean
     v_c, v_t = control.variance, treatment.variance
-    se2_c = v_c / control.n if control.n else NAN
-    se2_t = v_t / treatment.n if treatment.n else NAN
-    variance = se2_c + se2_t
+    se2_c, se2_t = _mean_variance("mean", control), _mean_variance("mean", treatment)
     statistic = p_value = NAN
-    if variance > 0:  # False for NaN too: fewer than two units in an arm
+    if se2_c + se2_t > 0:  # False for NaN too: fewer than two units in an arm
         result = scipy_stats.ttest_ind_from_stats(
             m_t, math.sqrt(v_t), treatment.n, m_c, math.sqrt(v_c), control.n, equal_var=False
         )
         statistic, p_value = float(result.statistic), float(result.pvalue)
-    diff = m_t - m_c
-    lift = diff / m_c if m_c else NAN
-    return Comparison("mean", control, treatment, alpha, diff, lift, statistic, p_value, variance)
+    return Comparison(
+        "mean", control, treatment, alpha, m_c, m_t, se2_c, se2_t, statistic, p_value
+    )
+
+
+def compare_strata(
+    kind: str, strata: Sequence[tuple[ArmStats, ArmStats]], alpha: float
+) -> Comparison:
+    """Control and treatment compared within strata, combined by the strata's unit shares.
+
+    A stratum missing an arm (a rollback sent everyone to control) cannot compare anything
+    and is left out. With one stratum left this is `compare`, exactly.
+    """
+    usable = [(c, t) for c, t in strata if c.n and t.n]
+    if len(usable) <= 1:
+        if usable:
+            return compare(kind, *usable[0], alpha)
+        control = sum((c for c, _ in strata), ArmStats(0, 0.0, 0.0))
+        treatment = sum((t for _, t in strata), ArmStats(0, 0.0, 0.0))
+        return compare(kind, control, treatment, alpha)
+    total = sum(c.n + t.n for c, t in usable)
+    weights = [(c.n + t.n) / total for c, t in usable]
+    m_c = sum(w * c.mean for w, (c, _) in zip(weights, usable))
+    m_t = sum(w * t.mean for w, (_, t) in zip(weights, usable))
+    v_c = sum(w * w * _mean_variance(kind, c) for w, (c, _) in zip(weights, usable))
+    v_t = sum(w * w * _mean_variance(kind, t) for w, (_, t) in zip(weights, usable))
+    statistic = p_value = NAN
+    if v_c + v_t > 0:
+        statistic = (m_t - m_c) / math.sqrt(v_c + v_t)
+        p_value = float(2 * scipy_stats.norm.sf(abs(statistic)))
+    return Comparison(
+        kind,
+        sum((c for c, _ in usable), ArmStats(0, 0.0, 0.0)),
+        sum((t for _, t in usable), ArmStats(0, 0.0, 0.0)),
+        alpha, m_c, m_t, v_c, v_t, statistic, p_value, tuple(usable),
+    )  # fmt: skip
+
+
+def _normal_intervals(c: Comparison) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Normal intervals from the combined estimate; delta method for the lift."""
+    if not c.diff_variance > 0:
+        return (NAN, NAN), (NAN, NAN)
+    z = float(scipy_stats.norm.ppf(1 - c.alpha / 2))
+    half = z * math.sqrt(c.diff_variance)
+    diff_ci = (c.diff - half, c.diff + half)
+    m_c, m_t = c.control_mean, c.treatment_mean
+    if not m_c:
+        return diff_ci, (NAN, NAN)
+    se = math.sqrt(c.treatment_mean_variance / m_c**2 + m_t**2 * c.control_mean_variance / m_c**4)
+    return diff_ci, (c.lift - z * se, c.lift + z * se)
 
 
 def _mean_intervals(c: Comparison) -> tuple[tuple[float, float], tuple[float, float]]:
     """Welch-Satterthwaite interval for the difference; delta method for m_t / m_c - 1."""
     if not c.diff_variance > 0:
         return (NAN, NAN), (NAN, NAN)
-    se2_c = c.control.variance / c.control.n
-    se2_t = c.treatment.variance / c.treatment.n
+    se2_c, se2_t = c.control_mean_variance, c.treatment_mean_variance
     dof = c.diff_variance**2 / (se2_t**2 / (c.treatment.n - 1) + se2_c**2 / (c.control.n - 1))
     half = float(scipy_stats.t.ppf(1 - c.alpha / 2, dof)) * math.sqrt(c.diff_variance)
     diff_ci = (c.diff - half, c.diff + half)
-    m_c, m_t = c.control.mean, c.treatment.mean
+    m_c, m_t = c.control_mean, c.treatment_mean
     if not m_c:
         return diff_ci, (NAN, NAN)
     se_lift = math.sqrt(se2_t / m_c**2 + m_t**2 * se2_c / m_c**4)

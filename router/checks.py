@@ -14,7 +14,15 @@ if TYPE_CHECKING:
 
 ATTRIBUTE_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # Paths the router serves itself; an experiment route may not shadow them.
-RESERVED_PATHS = ("/events", "/experiments", "/metrics", "/healthz", "/readyz")
+RESERVED_PATHS = (
+    "/events",
+    "/experiments",
+    "/metrics",
+    "/healthz",
+    "/readyz",
+    "/openapi.yaml",
+    "/openapi.json",
+)
 RESERVED_PREFIXES = ("/admin/",)
 # Exposure record fields (SPEC.md); configured attributes are logged next to them.
 EXPOSURE_FIELDS = frozenset(

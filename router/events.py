@@ -131,7 +131,12 @@ class JsonlWriter:
     def _append(self, records: Iterable[Record]) -> None:
         by_path: dict[Path, list[str]] = {}
         for record in records:
-            line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str)
+            try:
+                line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str)
+            except (TypeError, ValueError) as exc:  # one bad record must not stop the writer
+                self._on_drop(1)
+                self._warn(f"{self._name}: dropped a record that is not JSON: {exc}")
+                continue
             by_path.setdefault(self._path_for(record), []).append(line + "\n")
         for path, lines in by_path.items():
             try:
@@ -151,12 +156,14 @@ class JsonlWriter:
 
 
 def _append_text(path: Path, text: str) -> None:
+    # Request text may hold lone surrogates (undecodable header bytes, a JSON "\ud800"): UTF-8
+    # cannot encode them, and `backslashreplace` writes them as the JSON escape `\udcff`.
     try:
-        with open(path, "a", encoding="utf-8") as file:
+        with open(path, "a", encoding="utf-8", errors="backslashreplace") as file:
             file.write(text)
     except FileNotFoundError:  # the first write, or someone removed the directory
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as file:
+        with open(path, "a", encoding="utf-8", errors="backslashreplace") as file:
             file.write(text)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -27,11 +26,12 @@ from router.hooks import (
     ShadowListener,
     TrafficPolicy,
 )
+from router.intake import BODY_ERRORS, pipeline_problem, request_id_of
 from router.live import LiveRegistry, Snapshot
 from router.metrics import RouterMetrics
 from router.proxy import BackendFailure, BackendReply, Upstreams
 from router.responses import JSON, error_response, method_not_allowed
-from router.units import logged_unit, unit_of
+from router.units import BadUnit, logged_unit, unit_of
 
 MAX_SHADOW_IN_FLIGHT = 64
 
@@ -87,17 +87,25 @@ class ProxyHandler:
         except web.HTTPRequestEntityTooLarge:
             limit = snapshot.config.router.max_body_bytes
             return self._refuse(413, "body_too_large", f"request body over {limit} bytes")
+        except BODY_ERRORS as exc:  # e.g. a Content-Encoding that does not decode
+            return self._refuse(400, "bad_body", f"request body cannot be read: {exc}")
         try:
             payload = json.loads(body)
-        except ValueError:
+        except BODY_ERRORS:
             return self._refuse(400, "bad_body", "request body is not JSON")
         if not isinstance(payload, dict):
             return self._refuse(400, "bad_body", "request body must be a JSON object")
+        problem = pipeline_problem(payload)
+        if problem is not None:
+            return self._refuse(400, "bad_body", problem)
 
         settings = snapshot.config.router
         experiment = snapshot.config.experiments[name]
         plan = snapshot.plans[name]
-        unit = unit_of(request.headers, payload, settings.unit_id)
+        try:
+            unit = unit_of(request.headers, payload, settings.unit_id)
+        except BadUnit as exc:
+            return self._refuse(400, "bad_unit", str(exc))
         assignment = plan.assign(unit, self._traffic.effective_traffic(name))
         content_type = request.headers.get("Content-Type") or JSON
         assigned = assignment.arm
@@ -118,7 +126,7 @@ class ProxyHandler:
             # The shadow copy waits for control's answer; never leave it waiting.
             if control_answer is not None and not control_answer.done():
                 control_answer.set_result(None)
-        request_id = request.headers.get("X-Request-Id") or os.urandom(12).hex()
+        request_id = request_id_of(request.headers)
         info = {
             "name": name,
             "group": assigned.name,

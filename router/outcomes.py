@@ -8,30 +8,40 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Optional
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from router.events import JsonlWriter
+from router.intake import BODY_ERRORS
 from router.live import LiveRegistry
 from router.problems import describe_errors
 from router.responses import error_response, json_response
-from router.units import logged_unit
+from router.units import MAX_UNIT_CHARS, checked_unit, logged_unit
 
 MAX_EVENTS_PER_REQUEST = 10_000
+# An outcome files into the log of its own day: no day after tomorrow (clock skew allowed).
+MAX_FUTURE = timedelta(days=1)
 
 
 class OutcomeEvent(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
-    unit_id: Annotated[str, Field(min_length=1, max_length=256)]
+    unit_id: Annotated[str, Field(min_length=1, max_length=MAX_UNIT_CHARS)]
     metric: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
     # An event without a value is one occurrence (a conversion).
     value: float = 1.0
     ts: Optional[datetime] = None
-    experiment: Optional[Annotated[str, Field(min_length=1, max_length=128)]] = None
+    # The registry's experiment names (router.config.NAME_PATTERN).
+    experiment: Optional[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]] = None
+
+    @field_validator("unit_id")
+    @classmethod
+    def _unit(cls, unit: str) -> str:
+        # The same rules as a unit id on the request path (no control characters, valid UTF-8).
+        return checked_unit(unit)
 
     @field_validator("value", mode="before")
     @classmethod
@@ -46,7 +56,10 @@ class OutcomeEvent(BaseModel):
         if ts is None:
             return None
         # A time without zone is taken as UTC, like every ts the router writes.
-        return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
+        ts = ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
+        if ts > datetime.now(timezone.utc) + MAX_FUTURE:
+            raise ValueError("more than a day in the future")
+        return ts
 
     def record(self, hash_units: bool, received: datetime) -> dict[str, Any]:
         ts = self.ts or received
@@ -63,7 +76,7 @@ def parse_events(body: bytes) -> list[OutcomeEvent]:
     """The events of a request body; raises ValueError naming every bad place."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         raise ValueError("body: not JSON") from None
     items = data if isinstance(data, list) else [data]
     if not items:
@@ -100,6 +113,8 @@ class OutcomeEndpoint:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return error_response(413, "body_too_large", "request body too large")
+        except BODY_ERRORS as exc:  # e.g. a Content-Encoding that does not decode
+            return error_response(400, "bad_event", f"body: cannot be read: {exc}")
         try:
             events = parse_events(body)
         except ValueError as exc:

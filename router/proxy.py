@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -34,12 +35,22 @@ PROBE_TICK_S = 0.1
 class BackendFailure(Exception):
     """A backend call that produced no usable answer."""
 
-    def __init__(self, backend: str, kind: FailureKind, detail: str, latency_s: float) -> None:
+    def __init__(
+        self,
+        backend: str,
+        kind: FailureKind,
+        detail: str,
+        latency_s: float,
+        *,
+        retryable: bool = False,
+    ) -> None:
         super().__init__(f"{backend}: {detail}")
         self.backend = backend
         self.kind = kind
         self.detail = detail
         self.latency_s = latency_s
+        # Another endpoint may answer: the endpoint failed, not the request (never a timeout).
+        self.retryable = retryable
 
 
 @dataclass(frozen=True)
@@ -160,11 +171,42 @@ class Upstreams:
     async def call(
         self, backend: BackendRuntime, path: str, body: bytes, content_type: str
     ) -> BackendReply:
-        """POST `body` to the next endpoint of `backend`; raises BackendFailure."""
+        """POST `body` to the next endpoint of `backend`; raises BackendFailure.
+
+        When the endpoint fails at the transport level without a timeout (refused, reset,
+        HTTP 5xx, not JSON: a dead or broken replica), the request goes once to the next
+        endpoint in rotation; a prediction is safe to repeat. The reply's latency covers both.
+        """
         endpoint = backend.pick()
         if endpoint is None:
             self._metrics.backend_requests_for(backend.name, "error").inc()
             raise BackendFailure(backend.name, "error", "no endpoint in rotation", 0.0)
+        try:
+            return await self._call_endpoint(backend, endpoint, path, body, content_type)
+        except BackendFailure as failure:
+            other = backend.pick() if failure.retryable else None
+            if other is None or other is endpoint:
+                raise
+            first = failure
+        try:
+            reply = await self._call_endpoint(backend, other, path, body, content_type)
+        except BackendFailure as second:
+            raise BackendFailure(
+                backend.name,
+                second.kind,
+                f"{first.detail}; then {second.detail}",
+                first.latency_s + second.latency_s,
+            ) from None
+        return dataclasses.replace(reply, latency_s=first.latency_s + reply.latency_s)
+
+    async def _call_endpoint(
+        self,
+        backend: BackendRuntime,
+        endpoint: EndpointState,
+        path: str,
+        body: bytes,
+        content_type: str,
+    ) -> BackendReply:
         target_path = backend.config.path or path
         started = time.perf_counter()
         try:
@@ -232,7 +274,9 @@ class Upstreams:
                 "endpoint %s of %s ejected after %d failures (last: %s)",
                 endpoint.url, backend.name, endpoint.failures, detail,
             )  # fmt: skip
-        return BackendFailure(backend.name, kind, f"{endpoint.url}: {detail}", latency)
+        return BackendFailure(
+            backend.name, kind, f"{endpoint.url}: {detail}", latency, retryable=kind != "timeout"
+        )
 
     async def probe_forever(self) -> None:
         """Bring ejected endpoints back once they answer; runs until cancelled."""

@@ -42,6 +42,9 @@ def _serve(args: argparse.Namespace) -> int:
     from serving.pipeline_service import ServeOptions, parse_device, serve_forever, supervise
 
     parse_device(args.device)
+    for flag, port in (("--http-port", args.http_port), ("--rpc-port", args.rpc_port)):
+        if port and not 1024 <= port <= 65535:
+            raise ValueError(f"{flag} {port}: Paddle Serving takes ports 1024-65535")
     if not 1 <= args.batch_size < args.rpc_threads:
         # Paddle Serving's docs ask for batch_size < worker_num (its gRPC threads).
         raise ValueError(
