@@ -361,9 +361,13 @@ class _Run:
                         v, v_sq, pos, d_sq, d_had = cell
                         daily = MetricSums(float(v), float(v_sq), int(pos))
                         total, total_sq, with_event = (
-                            total + float(v), total_sq + float(d_sq), with_event + int(d_had)
+                            total + float(v),
+                            total_sq + float(d_sq),
+                            with_event + int(d_had),
                         )
-                    out.append(DayRow(day, enrolled, daily, MetricSums(total, total_sq, with_event)))
+                    out.append(
+                        DayRow(day, enrolled, daily, MetricSums(total, total_sq, with_event))
+                    )
                 series[(traffic, arm, metric)] = out
         return series
 
@@ -382,7 +386,6 @@ class _Run:
 
 def _day_range(first: date, last: date) -> list[date]:
     return [first + timedelta(days=i) for i in range((last - first).days + 1)]
-
 
 
 def _paths(files: Sequence[Path]) -> list[str]:

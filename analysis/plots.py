@@ -36,9 +36,9 @@ def plot_trend(trend: Trend, control: str, path: Path) -> Path:
     fig, (top, bottom) = plt.subplots(
         2, 1, figsize=(9, 6.5), sharex=True, gridspec_kw={"height_ratios": [1, 1.3]}
     )
-    top.plot(x, [p.daily.control.mean * scale for p in trend.points], "o-",
+    top.plot(x, [p.daily.control_mean * scale for p in trend.points], "o-",
              color=CONTROL_COLOR, label=control)  # fmt: skip
-    top.plot(x, [p.daily.treatment.mean * scale for p in trend.points], "o-",
+    top.plot(x, [p.daily.treatment_mean * scale for p in trend.points], "o-",
              color=TREATMENT_COLOR, label=trend.arm)  # fmt: skip
     top.set_ylabel(f"{trend.metric} that day\nper enrolled unit" + (" (%)" if percent else ""))
     top.legend(loc="best", frameon=False)

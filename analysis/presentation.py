@@ -96,7 +96,7 @@ def _metrics(report: Report) -> Section:
         rows.append(
             (
                 role, m.metric, *((m.arm,) if multi else ()),
-                _value(c.control.mean, m.kind), _value(c.treatment.mean, m.kind),
+                _value(c.control_mean, m.kind), _value(c.treatment_mean, m.kind),
                 _diff(c, m.kind), _lift(c), _p(c.p_value), _p(m.p_adjusted),
                 _p(m.always_valid_p) if m.role == PRIMARY else "",
             )
@@ -149,7 +149,7 @@ def _segments(report: Report, full: bool) -> Section:
             (
                 s.value, *((s.arm,) if multi else ()),
                 f"{s.comparison.control.n:,}", f"{s.comparison.treatment.n:,}",
-                _value(s.comparison.control.mean, kind), _value(s.comparison.treatment.mean, kind),
+                _value(s.comparison.control_mean, kind), _value(s.comparison.treatment_mean, kind),
                 _lift(s.comparison), _p(s.comparison.p_value),
             )
             for s in rows

@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 
 from analysis.aggregates import TRAFFIC_SEGMENT, Aggregates, DataQuality, DayRow, MetricSums
+from analysis.arms import ArmLayout
 from analysis.power import Effect, units_per_arm_mean, units_per_arm_proportion
 from analysis.registry import AnalysisPlan, ExperimentSpec, MetricPlan
 from analysis.results import (
@@ -32,7 +33,7 @@ from analysis.results import (
 from analysis.segments import SegmentLift, sign_warnings
 from analysis.sequential import always_valid_p
 from analysis.srm import expected_counts, srm_test
-from analysis.stats import ArmStats, Comparison, compare, holm
+from analysis.stats import ArmStats, Comparison, compare, compare_strata, holm
 from analysis.verdict import Evidence, Verdict, decide
 
 DEFAULT_ALPHA = 0.05
@@ -58,24 +59,35 @@ def build_report(
     treatments = layout.others
     warnings: list[str] = []
     notes: list[str] = list(extra_quality_notes)
+    strata = aggregates.strata
 
-    srm = srm_test(aggregates.arms, expected_counts(layout, _units_by_traffic(aggregates)))
+    srm = srm_test(aggregates.arms, expected_counts(layout, _units_by_stratum(aggregates)))
     if srm.flagged:
         warnings.append(f"SAMPLE RATIO MISMATCH (p < {srm.threshold:g}): {srm.describe()}")
     metrics = _metric_roles(plan, aggregates, warnings)
     units = {arm: aggregates.arms.get(arm, 0) for arm in layout.names}
-    unexpected = {a: n for a, n in aggregates.arms.items() if a not in units}
-    units.update(unexpected)
+    units.update({a: n for a, n in aggregates.arms.items() if a not in units})
 
-    def stats(arm: str, metric: _Metric) -> ArmStats:
-        sums = aggregates.metrics.get((arm, metric.name), MetricSums())
-        return sums.as_stats(metric.kind, aggregates.arms.get(arm, 0))
+    def stats(stratum: float, arm: str, m: _Metric) -> ArmStats:
+        sums = aggregates.metrics.get((stratum, arm, m.name), MetricSums())
+        return sums.as_stats(m.kind, aggregates.units.get((stratum, arm), 0))
 
     comparisons = {
-        (m.name, arm): compare(m.kind, stats(layout.control, m), stats(arm, m), alpha)
+        (m.name, arm): compare_strata(
+            m.kind, [(stats(s, layout.control, m), stats(s, arm, m)) for s in strata], alpha
+        )
         for m in metrics
         for arm in treatments
     }
+    if len(strata) > 1:
+        notes.append(
+            "The traffic changed during the run ("
+            + ", ".join(f"{s:g}%" for s in strata)
+            + " at first exposure): every comparison is made within these ramp phases and "
+            "combined by their unit shares, because pooling them would compare arms enrolled "
+            "at different times."
+        )
+        warnings.extend(_pooling_warnings(metrics, treatments, comparisons, aggregates, layout))
     primary = metrics[0] if plan else None
     planned_units, basis = _planned_units(plan, comparisons, treatments)
     tau = _tau(plan, comparisons, treatments)
@@ -101,7 +113,7 @@ def build_report(
         if metric.role == EXPLORATORY:
             continue
         for arm in treatments:
-            total = comparisons[(metric.name, arm)].diff
+            total = comparisons[(metric.name, arm)]
             for attribute in _attributes(segments):
                 lifts = [
                     SegmentLift(s.value, s.comparison.diff, s.comparison.p_value)
@@ -109,7 +121,9 @@ def build_report(
                     if s.attribute == attribute and s.metric == metric.name and s.arm == arm
                 ]
                 label = metric.name if len(treatments) == 1 else f"{metric.name} ({arm})"
-                warnings.extend(sign_warnings(attribute, label, total, lifts, alpha))
+                warnings.extend(
+                    sign_warnings(attribute, label, total.diff, total.p_value, lifts, alpha)
+                )
     warnings.extend(_quality_warnings(aggregates.quality))
     return Report(
         experiment=spec.name,
@@ -132,11 +146,55 @@ def build_report(
     )
 
 
-def _units_by_traffic(aggregates: Aggregates) -> dict[float, int]:
+def _units_by_stratum(aggregates: Aggregates) -> dict[float, int]:
     totals: dict[float, int] = {}
-    for (traffic, _), count in aggregates.units_by_traffic.items():
-        totals[traffic] = totals.get(traffic, 0) + count
+    for (stratum, _), count in aggregates.units.items():
+        totals[stratum] = totals.get(stratum, 0) + count
     return totals
+
+
+def _pooling_warnings(
+    metrics: Sequence[_Metric],
+    treatments: Sequence[str],
+    comparisons: dict[tuple[str, str], Comparison],
+    aggregates: Aggregates,
+    layout: ArmLayout,
+) -> list[str]:
+    """Where pooling over the ramp would have told a different story, say so."""
+    out = []
+    for m in metrics:
+        if m.role == EXPLORATORY:
+            continue
+        for arm in treatments:
+            fair = comparisons[(m.name, arm)]
+            pooled = compare(
+                m.kind,
+                _pooled(aggregates, layout.control, m),
+                _pooled(aggregates, arm, m),
+                fair.alpha,
+            )
+            flips = pooled.diff * fair.diff < 0 or pooled.significant != fair.significant
+            if flips and not math.isnan(pooled.p_value):
+                out.append(
+                    f"{m.name}: pooled over the ramp phases, {arm} would read "
+                    f"{_percent(pooled.lift)} (p = {pooled.p_value:.3g}) instead of "
+                    f"{_percent(fair.lift)} (p = {fair.p_value:.3g}) within them: the arms were "
+                    "enrolled at different times; the within-phase comparison is the fair one"
+                )
+    return out
+
+
+def _pooled(aggregates: Aggregates, arm: str, m: _Metric) -> ArmStats:
+    units = sum(n for (_, a), n in aggregates.units.items() if a == arm)
+    sums = [v for (_, a, metric), v in aggregates.metrics.items() if a == arm and metric == m.name]
+    total = MetricSums(
+        sum(v.total for v in sums), sum(v.total_sq for v in sums), sum(v.with_event for v in sums)
+    )
+    return total.as_stats(m.kind, units)
+
+
+def _percent(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value * 100:+.2f}%"
 
 
 def _metric_roles(
@@ -150,7 +208,7 @@ def _metric_roles(
         registered += [(GUARDRAIL, m) for m in plan.guardrails]
         for role, m in registered:
             metrics.append(_Metric(m.metric, role, m.type, m.direction))
-            if not any(metric == m.metric for _, metric in aggregates.metrics):
+            if m.metric not in aggregates.metric_names:
                 warnings.append(
                     f"{role} metric {m.metric!r} has no outcome records after exposure "
                     "(is the metric name right?)"
@@ -215,11 +273,12 @@ def _planned_units(
     primary = plan.primary
     if primary.mde is None:
         return None, "no mde registered for the primary metric"
-    control = comparisons[(primary.metric, treatments[0])].control
+    comparison = comparisons[(primary.metric, treatments[0])]
+    control, control_mean = comparison.control, comparison.control_mean
     baseline = primary.baseline
     source = "registered baseline"
     if baseline is None:
-        baseline, source = control.mean, "observed control mean (no baseline registered)"
+        baseline, source = control_mean, "observed control mean (no baseline registered)"
     if not baseline or math.isnan(baseline):
         return None, "no baseline: the control arm has no data yet"
     try:
@@ -249,7 +308,7 @@ def _tau(
     if not plan.primary.relative:
         return plan.primary.mde
     baseline = (
-        plan.primary.baseline or comparisons[(plan.primary.metric, treatments[0])].control.mean
+        plan.primary.baseline or comparisons[(plan.primary.metric, treatments[0])].control_mean
     )
     if not baseline or math.isnan(baseline):
         return None
@@ -267,12 +326,17 @@ def _trends(
 ) -> list[Trend]:
     trends = []
     for m in metrics:
-        base = aggregates.daily.get((control, m.name))
         for arm in treatments:
-            rows = aggregates.daily.get((arm, m.name))
-            if not base or not rows:
+            series = [
+                (aggregates.daily.get((s, control, m.name)), aggregates.daily.get((s, arm, m.name)))
+                for s in aggregates.strata
+            ]
+            pairs = [(c, t) for c, t in series if c and t]
+            if not pairs:
                 continue
-            points = [_trend_point(m.kind, c, t, alpha) for c, t in zip(base, rows)]
+            points = [
+                _trend_point(m.kind, rows, alpha) for rows in zip(*(zip(c, t) for c, t in pairs))
+            ]
             if m == primary and tau is not None:
                 running = always_valid_p(
                     np.array([p.cumulative.diff for p in points]),
@@ -287,21 +351,16 @@ def _trends(
     return trends
 
 
-def _trend_point(kind: str, control: DayRow, treatment: DayRow, alpha: float) -> TrendPoint:
+def _trend_point(kind: str, day: Sequence[tuple[DayRow, DayRow]], alpha: float) -> TrendPoint:
+    """One day over all strata: `day` holds each stratum's (control, treatment) rows."""
+    daily = [(c.daily.as_stats(kind, c.units), t.daily.as_stats(kind, t.units)) for c, t in day]
+    cumulative = [
+        (c.cumulative.as_stats(kind, c.units), t.cumulative.as_stats(kind, t.units)) for c, t in day
+    ]
     return TrendPoint(
-        control.day,
-        compare(
-            kind,
-            control.daily.as_stats(kind, control.units),
-            treatment.daily.as_stats(kind, treatment.units),
-            alpha,
-        ),
-        compare(
-            kind,
-            control.cumulative.as_stats(kind, control.units),
-            treatment.cumulative.as_stats(kind, treatment.units),
-            alpha,
-        ),
+        day[0][0].day,
+        compare_strata(kind, daily, alpha),
+        compare_strata(kind, cumulative, alpha),
     )
 
 
@@ -313,27 +372,43 @@ def _segments(
     alpha: float,
 ) -> list[SegmentResult]:
     values: dict[str, set[str]] = {}
-    for attribute, value, _ in aggregates.segment_units:
+    for attribute, value, _, _ in aggregates.segment_units:
         values.setdefault(attribute, set()).add(value)
-    # One value (a single ramp step, an attribute nobody sent) is no segmentation.
+    # One value (an attribute nobody sent) is no segmentation.
     values = {attribute: seen for attribute, seen in values.items() if len(seen) > 1}
 
-    def stats(attribute: str, value: str, arm: str, m: _Metric) -> ArmStats:
-        sums = aggregates.segment_metrics.get((attribute, value, arm, m.name), MetricSums())
-        return sums.as_stats(m.kind, aggregates.segment_units.get((attribute, value, arm), 0))
+    def stats(attribute: str, value: str, stratum: float, arm: str, m: _Metric) -> ArmStats:
+        key = (attribute, value, stratum, arm)
+        sums = aggregates.segment_metrics.get((*key, m.name), MetricSums())
+        return sums.as_stats(m.kind, aggregates.segment_units.get(key, 0))
+
+    def whole(stratum: float, arm: str, m: _Metric) -> ArmStats:
+        sums = aggregates.metrics.get((stratum, arm, m.name), MetricSums())
+        return sums.as_stats(m.kind, aggregates.units.get((stratum, arm), 0))
 
     results = []
-    for attribute in sorted(values, key=lambda a: (a == TRAFFIC_SEGMENT, a)):
+    for attribute in sorted(values):
         for value in sorted(values[attribute]):
             for m in metrics:
                 for arm in treatments:
-                    comparison = compare(
-                        m.kind,
-                        stats(attribute, value, control, m),
-                        stats(attribute, value, arm, m),
-                        alpha,
-                    )
+                    pairs = [
+                        (stats(attribute, value, s, control, m), stats(attribute, value, s, arm, m))
+                        for s in aggregates.strata
+                    ]
+                    comparison = compare_strata(m.kind, pairs, alpha)
                     results.append(SegmentResult(attribute, value, m.name, m.role, arm, comparison))
+    if len(aggregates.strata) > 1:  # the ramp phases themselves, each compared on its own
+        for stratum in aggregates.strata:
+            for m in metrics:
+                for arm in treatments:
+                    comparison = compare(
+                        m.kind, whole(stratum, control, m), whole(stratum, arm, m), alpha
+                    )
+                    results.append(
+                        SegmentResult(
+                            TRAFFIC_SEGMENT, f"{stratum:g}%", m.name, m.role, arm, comparison
+                        )
+                    )
     return results
 
 

@@ -176,8 +176,9 @@ class Report:
 
 def comparison_dict(c: Comparison) -> dict[str, Any]:
     return {
-        "control": {"units": c.control.n, "mean": c.control.mean, "total": c.control.total},
-        "treatment": {"units": c.treatment.n, "mean": c.treatment.mean, "total": c.treatment.total},
+        "control": {"units": c.control.n, "mean": c.control_mean, "total": c.control.total},
+        "treatment": {"units": c.treatment.n, "mean": c.treatment_mean, "total": c.treatment.total},
+        "stratified": bool(c.strata),
         "diff": c.diff,
         "diff_ci": list(c.diff_ci),
         "lift": c.lift,

@@ -3,7 +3,8 @@
 When every segment of an attribute moves the metric the other way from the total, that is
 Simpson's paradox: the total mixes segments in different proportions per arm (a ramp that
 changed the split while conversion drifted does exactly that). A few segments disagreeing is
-common noise with many segments, so those are listed quietly, with the significant ones named.
+common noise with many segments: they are listed when the total or one of them is significant,
+with the significant ones named.
 """
 
 from __future__ import annotations
@@ -21,9 +22,18 @@ class SegmentLift:
 
 
 def sign_warnings(
-    attribute: str, metric: str, total_diff: float, segments: Sequence[SegmentLift], alpha: float
+    attribute: str,
+    metric: str,
+    total_diff: float,
+    total_p: float,
+    segments: Sequence[SegmentLift],
+    alpha: float,
 ) -> list[str]:
-    """At most one warning for one attribute and metric; none when all segments agree."""
+    """At most one warning for one attribute and metric.
+
+    None when all segments agree, and none when neither the total nor any disagreeing segment
+    is significant: the sign of noise disagreeing with the sign of noise means nothing.
+    """
     if math.isnan(total_diff) or total_diff == 0:
         return []
     measured = [s for s in segments if not math.isnan(s.diff)]
@@ -39,6 +49,8 @@ def sign_warnings(
             + ". The pooled number mixes segments unevenly; read the segments."
         ]
     significant = [s for s in opposite if s.p_value < alpha]
+    if not significant and not total_p < alpha:
+        return []
     names = ", ".join(
         f"{s.value} {_signed(s.diff)}" + (f" (p = {s.p_value:.3g})" if s in significant else "")
         for s in opposite

@@ -214,9 +214,7 @@ def compare_means(control: ArmStats, treatment: ArmStats, alpha: float) -> Compa
             m_t, math.sqrt(v_t), treatment.n, m_c, math.sqrt(v_c), control.n, equal_var=False
         )
         statistic, p_value = float(result.statistic), float(result.pvalue)
-    return Comparison(
-        "mean", control, treatment, alpha, m_c, m_t, se2_c, se2_t, statistic, p_value
-    )
+    return Comparison("mean", control, treatment, alpha, m_c, m_t, se2_c, se2_t, statistic, p_value)
 
 
 def compare_strata(

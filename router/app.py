@@ -31,6 +31,7 @@ from router.hooks import (
 )
 from router.live import LiveRegistry
 from router.metrics import RouterMetrics
+from router.openapi import OpenApiDocument
 from router.outcomes import OutcomeEndpoint
 from router.proxy import Upstreams, make_session
 from router.reload import ConfigReloader
@@ -98,6 +99,9 @@ def create_app(
     app.router.add_route("*", "/metrics", get_only(views.metrics))
     app.router.add_route("*", "/healthz", get_only(views.healthz))
     app.router.add_route("*", "/readyz", get_only(views.readyz))
+    openapi = OpenApiDocument(live)
+    app.router.add_route("*", "/openapi.yaml", get_only(openapi.yaml))
+    app.router.add_route("*", "/openapi.json", get_only(openapi.json))
     # Experiment routes change on reload, and the aiohttp router is frozen once started:
     # everything else goes to the proxy, which looks the path up in the registry in force.
     app.router.add_route("*", "/{path:.*}", handler.handle)
