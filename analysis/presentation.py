@@ -9,7 +9,7 @@ from typing import Optional
 
 from analysis.document import Block, Bullets, Document, Image, Paragraph, Section, Table
 from analysis.registry import MetricPlan
-from analysis.results import PRIMARY, Report, SegmentResult, Trend
+from analysis.results import PRIMARY, SECONDARY, MetricResult, Report, SegmentResult, Trend
 from analysis.stats import Comparison
 
 TRUST_NOTE = (
@@ -97,19 +97,32 @@ def _metrics(report: Report) -> Section:
             (
                 role, m.metric, *((m.arm,) if multi else ()),
                 _value(c.control_mean, m.kind), _value(c.treatment_mean, m.kind),
-                _diff(c, m.kind), _lift(c), _p(c.p_value), _p(m.p_adjusted),
+                _diff(c, m.kind), _lift(c), _p(c.p_value),
+                _p(m.p_adjusted) if _adjusted(m, multi) else "",
                 _p(m.always_valid_p) if m.role == PRIMARY else "",
             )
         )  # fmt: skip
     align = ("l", "l", *(("l",) if multi else ()), "r", "r", "r", "r", "r", "r", "r")
+    method = (
+        "Proportions: pooled z-test with score intervals. Means (per-unit sums): Welch's "
+        "t-test, delta-method interval for the lift."
+    )
+    if any(m.comparison.strata for m in report.metrics):
+        method = (
+            "The traffic changed during the run: each arm is compared within the ramp phases "
+            "(traffic at first exposure), combined by their unit shares; normal test and "
+            "intervals, delta-method interval for the lift. Arm values are the phase-weighted ones."
+        )
     note = Paragraph(
         f"Two-sided tests at alpha {report.plan.alpha:g}; intervals are "
-        f"{_confidence(report.plan.alpha)}. Proportions: pooled z-test with score intervals. "
-        "Means (per-unit sums): Welch's t-test, delta-method interval for the lift. "
-        "Secondary p-values are Holm-adjusted; exploratory metrics were not registered and "
-        "decide nothing."
+        f"{_confidence(report.plan.alpha)}. {method} Secondary p-values are Holm-adjusted; "
+        "exploratory metrics were not registered and decide nothing."
     )
     return Section("Metrics", [Table(headers, tuple(rows), align), note])
+
+
+def _adjusted(m: MetricResult, multi_arm: bool) -> bool:
+    return m.role == SECONDARY or (m.role == PRIMARY and multi_arm)
 
 
 def _srm(report: Report) -> Section:
@@ -264,6 +277,8 @@ def _lift(c: Comparison) -> str:
 def _p(value: Optional[float]) -> str:
     if value is None or math.isnan(value):
         return "n/a"
+    if value == 0:
+        return "< 1e-300"  # below what a double holds
     return f"{value:.4f}" if value >= 0.0001 else f"{value:.1e}"
 
 

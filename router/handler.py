@@ -26,7 +26,7 @@ from router.hooks import (
     ShadowListener,
     TrafficPolicy,
 )
-from router.intake import BODY_ERRORS, pipeline_problem, request_id_of
+from router.intake import BODY_ERRORS, parse_json, pipeline_problem, request_id_of
 from router.live import LiveRegistry, Snapshot
 from router.metrics import RouterMetrics
 from router.proxy import BackendFailure, BackendReply, Upstreams
@@ -90,7 +90,7 @@ class ProxyHandler:
         except BODY_ERRORS as exc:  # e.g. a Content-Encoding that does not decode
             return self._refuse(400, "bad_body", f"request body cannot be read: {exc}")
         try:
-            payload = json.loads(body)
+            payload = parse_json(body)
         except BODY_ERRORS:
             return self._refuse(400, "bad_body", "request body is not JSON")
         if not isinstance(payload, dict):

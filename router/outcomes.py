@@ -6,7 +6,6 @@ retries after a 400 never duplicates the good half.
 
 from __future__ import annotations
 
-import json
 import math
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Optional
@@ -15,7 +14,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from router.events import JsonlWriter
-from router.intake import BODY_ERRORS
+from router.intake import BODY_ERRORS, parse_json
 from router.live import LiveRegistry
 from router.problems import describe_errors
 from router.responses import error_response, json_response
@@ -75,7 +74,7 @@ class OutcomeEvent(BaseModel):
 def parse_events(body: bytes) -> list[OutcomeEvent]:
     """The events of a request body; raises ValueError naming every bad place."""
     try:
-        data = json.loads(body)
+        data = parse_json(body)
     except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         raise ValueError("body: not JSON") from None
     items = data if isinstance(data, list) else [data]

@@ -61,9 +61,20 @@ experiments:
 @dataclass
 class Measurement:
     what: str
-    seconds: float
-    peak_mb: float
+    seconds: float  # the fastest of the repeats: the machine is shared, noise only adds time
+    peak_mb: float  # the largest of the repeats
     note: str = ""
+    median_seconds: float = 0.0
+    load_before: float = 0.0  # 1-minute load average when the first repeat started
+
+
+def repeated(what: str, command: list[str], repeat: int, note: str) -> tuple[Measurement, str]:
+    load = os.getloadavg()[0]
+    runs = [measure(what, command, note) for _ in range(repeat)]
+    seconds = sorted(m.seconds for m, _ in runs)
+    best = Measurement(what, seconds[0], max(m.peak_mb for m, _ in runs), note,
+                       seconds[len(seconds) // 2], load)  # fmt: skip
+    return best, runs[-1][1]
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -94,7 +105,7 @@ def generate(target: Path, args: argparse.Namespace) -> float:
     started = time.perf_counter()
     con = duckdb.connect()
     con.execute(f"SET threads = {args.threads or os.cpu_count()}")
-    units, days, outcomes_total = args.units, args.days, args.outcomes
+    units, days, outcomes_total = int(args.units), int(args.days), int(args.outcomes)
     per_unit = max(1, args.exposures // units)
     day_ms = 86_400_000
     span_ms = (days - 2) * day_ms
@@ -151,7 +162,9 @@ def generate(target: Path, args: argparse.Namespace) -> float:
     # Outcome j belongs to a unit near j * units / outcomes, jittered by up to 1,000 units.
     def outcome_query(day: int) -> str:
         def row_at(ms: int) -> int:
-            return min(max(ms * units // span_ms - 1000, 0) * outcomes_total // units, outcomes_total)
+            return min(
+                max(ms * units // span_ms - 1000, 0) * outcomes_total // units, outcomes_total
+            )
 
         lo = row_at(day * day_ms - after_ms - day_ms)
         hi = min(row_at((day + 1) * day_ms + before_ms + day_ms) + 2000 * outcomes_total // units + 1,
@@ -228,11 +241,12 @@ def report_runs(data: Path, args: argparse.Namespace) -> tuple[list[Measurement]
     base = [python, "-m", "analysis", "report", "--config", str(data / "experiments.yaml")]
     if args.threads:
         base += ["--threads", str(args.threads)]
-    json_run, stdout = measure("report --json", [*base, "--json"], "the whole analysis")
+    json_run, stdout = repeated("report --json", [*base, "--json"], args.repeat,
+                                "the whole analysis")  # fmt: skip
     out_dir = data / "report"
     shutil.rmtree(out_dir, ignore_errors=True)
-    out_run, _ = measure("report --out", [*base, "--out", str(out_dir)],
-                         "plus Markdown, HTML and PNG plots")  # fmt: skip
+    out_run, _ = repeated("report --out", [*base, "--out", str(out_dir)], args.repeat,
+                          "plus Markdown, HTML and PNG plots")  # fmt: skip
     return [json_run, out_run], json.loads(stdout)
 
 
@@ -249,7 +263,7 @@ def engine_runs(data: Path, args: argparse.Namespace) -> list[Measurement]:
                    "--data", str(data)]  # fmt: skip
         if args.threads:
             command += ["--threads", str(args.threads)]
-        measured, stdout = measure(f"core in {engine}", command, stdout_note(engine))
+        measured, stdout = repeated(f"core in {engine}", command, args.repeat, stdout_note(engine))
         measured.note += f"; {stdout.strip()}"
         results.append(measured)
     return results
@@ -321,24 +335,43 @@ def _pandas_core(exposures: list[str], outcomes: list[str]) -> dict[str, int]:
 
 
 def _polars_core(exposures: list[str], outcomes: list[str]) -> dict[str, int]:
-    import polars as pl
+    import polars as pl  # type: ignore[import-not-found]  # not a dependency: see --polars-python
 
     e = (
-        pl.scan_ndjson(exposures, schema={"ts": pl.String, "experiment": pl.String,
-                                          "unit": pl.String, "enrolled": pl.Boolean,
-                                          "assigned": pl.String, "city": pl.String})  # fmt: skip
+        pl.scan_ndjson(
+            exposures,
+            schema={
+                "ts": pl.String,
+                "experiment": pl.String,
+                "unit": pl.String,
+                "enrolled": pl.Boolean,
+                "assigned": pl.String,
+                "city": pl.String,
+            },
+        )
         .filter((pl.col("experiment") == EXPERIMENT) & pl.col("enrolled"))
         .with_columns(pl.col("ts").str.to_datetime(time_zone="UTC"))
     )
     units = (
         e.group_by("unit")
-        .agg(pl.col("assigned").sort_by("ts").first(), pl.col("ts").min().alias("first_ts"),
-             pl.col("city").sort_by("ts").first())  # fmt: skip
+        .agg(
+            pl.col("assigned").sort_by("ts").first(),
+            pl.col("ts").min().alias("first_ts"),
+            pl.col("city").sort_by("ts").first(),
+        )
         .collect()
     )
     o = (
-        pl.scan_ndjson(outcomes, schema={"ts": pl.String, "unit": pl.String, "metric": pl.String,
-                                         "value": pl.Float64, "experiment": pl.String})  # fmt: skip
+        pl.scan_ndjson(
+            outcomes,
+            schema={
+                "ts": pl.String,
+                "unit": pl.String,
+                "metric": pl.String,
+                "value": pl.Float64,
+                "experiment": pl.String,
+            },
+        )
         .filter(pl.col("experiment").is_null() | (pl.col("experiment") == EXPERIMENT))
         .with_columns(pl.col("ts").str.to_datetime(time_zone="UTC"))
     )
@@ -348,8 +381,11 @@ def _polars_core(exposures: list[str], outcomes: list[str]) -> dict[str, int]:
         .group_by(["unit", "assigned", "metric"])
         .agg(pl.col("value").sum())
         .group_by(["assigned", "metric"])
-        .agg(pl.col("value").sum().alias("total"), (pl.col("value") ** 2).sum().alias("sq"),
-             pl.len().alias("n"))  # fmt: skip
+        .agg(
+            pl.col("value").sum().alias("total"),
+            (pl.col("value") ** 2).sum().alias("sq"),
+            pl.len().alias("n"),
+        )
         .collect()
     )
     counts = units.group_by("assigned").len()
@@ -360,8 +396,13 @@ def _polars_core(exposures: list[str], outcomes: list[str]) -> dict[str, int]:
 
 
 def table(rows: list[Measurement]) -> str:
-    lines = [f"{'run':<16} {'seconds':>8} {'peak MB':>8}  note", "-" * 90]
-    lines += [f"{r.what:<16} {r.seconds:>8.1f} {r.peak_mb:>8.0f}  {r.note}" for r in rows]
+    lines = [f"{'run':<16} {'best s':>7} {'median s':>8} {'peak MB':>8} {'load':>5}  note",
+             "-" * 100]  # fmt: skip
+    lines += [
+        f"{r.what:<16} {r.seconds:>7.1f} {r.median_seconds:>8.1f} {r.peak_mb:>8.0f} "
+        f"{r.load_before:>5.1f}  {r.note}"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -375,6 +416,8 @@ def main() -> int:
     parser.add_argument("--engines", type=lambda s: [e for e in s.split(",") if e], default=[],
                         help="also time the core in these engines: duckdb,pandas,polars")  # fmt: skip
     parser.add_argument("--polars-python", help="a Python with polars installed (not a dependency)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs of each measurement; the table shows the best and median")  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the measurements here")
     parser.add_argument("--regenerate", action="store_true", help="generate the logs again")
     parser.add_argument("--engine-worker", help=argparse.SUPPRESS)
@@ -398,7 +441,7 @@ def main() -> int:
     from tqdm import tqdm
 
     measurements: list[Measurement] = []
-    with tqdm(total=2 + len(args.engines), desc="benchmark", unit="run") as progress:
+    with tqdm(total=2 + len(args.engines), desc="benchmark", unit="step") as progress:
         runs, report = report_runs(data, args)
         measurements += runs
         progress.update(2)

@@ -71,9 +71,9 @@ def test_units_belong_to_their_first_arm(logs: Path) -> None:
 
 def test_outcomes_count_after_first_exposure_for_this_experiment(logs: Path) -> None:
     result = run(logs)
-    assert result.metrics[("control", "conversion")] == MetricSums(2.0, 4.0, 1)
-    assert result.metrics[("treatment", "revenue")] == MetricSums(22.5, 15.0**2 + 7.5**2, 2)
-    assert ("treatment", "conversion") not in result.metrics
+    assert result.metrics[(50.0, "control", "conversion")] == MetricSums(2.0, 4.0, 1)
+    assert result.metrics[(50.0, "treatment", "revenue")] == MetricSums(22.5, 15.0**2 + 7.5**2, 2)
+    assert (50.0, "treatment", "conversion") not in result.metrics
     assert result.quality.outcomes_before_exposure == 1
     assert result.quality.outcomes_unknown_unit == 1
     assert result.quality.outcomes_used == 5
@@ -89,37 +89,38 @@ def test_unreadable_lines_are_skipped_and_counted(logs: Path) -> None:
 
 def test_attributes_are_taken_at_the_first_exposure(logs: Path) -> None:
     result = run(logs)
-    assert result.segment_units[("city", "beijing", "control")] == 1
-    assert result.segment_units[("city", "shanghai", "treatment")] == 1
-    assert result.segment_units[("city", "(none)", "treatment")] == 1
-    assert ("city", "shanghai", "control") not in result.segment_units
-    assert result.segment_metrics[("city", "shanghai", "treatment", "revenue")].total == 15.0
+    assert result.segment_units[("city", "beijing", 50.0, "control")] == 1
+    assert result.segment_units[("city", "shanghai", 50.0, "treatment")] == 1
+    assert result.segment_units[("city", "(none)", 50.0, "treatment")] == 1
+    assert ("city", "shanghai", 50.0, "control") not in result.segment_units
+    assert result.segment_metrics[("city", "shanghai", 50.0, "treatment", "revenue")].total == 15.0
 
 
 def test_daily_series_end_at_the_totals(logs: Path) -> None:
     result = run(logs)
-    rows = result.daily[("treatment", "revenue")]
+    rows = result.daily[(50.0, "treatment", "revenue")]
     assert [r.day.isoformat() for r in rows] == ["2026-11-20", "2026-11-21"]
     assert [r.units for r in rows] == [1, 2]
     assert rows[0].daily == MetricSums(10.0, 100.0, 1)
     assert rows[1].daily == MetricSums(12.5, 25.0 + 56.25, 2)
-    assert rows[1].cumulative == result.metrics[("treatment", "revenue")]
-    control = result.daily[("control", "conversion")]
+    assert rows[1].cumulative == result.metrics[(50.0, "treatment", "revenue")]
+    control = result.daily[(50.0, "control", "conversion")]
     assert control[0].cumulative == MetricSums(1.0, 1.0, 1)
-    assert control[1].cumulative == result.metrics[("control", "conversion")]
+    assert control[1].cumulative == result.metrics[(50.0, "control", "conversion")]
 
 
-def test_traffic_at_first_exposure_comes_from_the_history(logs: Path) -> None:
+def test_units_are_stratified_by_the_traffic_at_their_first_exposure(logs: Path) -> None:
     history = (
         TrafficPeriod(BEGINNING, 10.0),
         TrafficPeriod(T0 + timedelta(hours=12), 50.0),
     )
-    result = aggregate_logs(find_logs(logs), "sentiment", (), history, threads=1)
-    assert result.units_by_traffic == {
-        (10.0, "control"): 1,
-        (10.0, "treatment"): 1,
-        (50.0, "treatment"): 1,
-    }
+    result = aggregate_logs(find_logs(logs), "sentiment", ("city",), history, threads=1)
+    assert result.units == {(10.0, "control"): 1, (10.0, "treatment"): 1, (50.0, "treatment"): 1}
+    assert result.strata == [10.0, 50.0]
+    assert result.arms == {"control": 1, "treatment": 2}
+    assert result.metrics[(50.0, "treatment", "revenue")].total == 7.5
+    assert result.segment_units[("city", "(none)", 50.0, "treatment")] == 1
+    assert [r.units for r in result.daily[(10.0, "treatment", "revenue")]] == [1, 1]
 
 
 def test_empty_and_missing_log_directories(tmp_path: Path) -> None:

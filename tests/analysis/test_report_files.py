@@ -185,22 +185,33 @@ def ramp_logs(
     write_decisions(directory, decisions)
 
 
-def test_a_ramp_is_no_mismatch_and_pooling_it_shows_simpsons_paradox(
+def test_a_ramp_is_no_mismatch_and_is_compared_within_its_phases(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Treatment is +10 % within each phase, but it got more traffic when conversion was low.
+    """Treatment is +10 % within each ramp phase, but it got most of its units when conversion
+    was low: pooled, it would look 40 % worse (Simpson's paradox through the ramp)."""
     ramp_logs(tmp_path / "logs", [(10, 10_000, 0.20, 0.22), (50, 10_000, 0.05, 0.055)])
     config = write_registry(tmp_path / "experiments.yaml", registry(Path("logs")))
     report = report_json(capsys, config)
     assert report["srm"]["expected"] == pytest.approx({"control": 14_000, "treatment": 6_000})
     assert not report["srm"]["flagged"]
-    assert metric(report, "conversion")["lift"] < 0
+
+    conversion = metric(report, "conversion")
+    assert conversion["stratified"]
+    assert conversion["lift"] == pytest.approx(0.10)
+    # Weighted by the phases' unit shares (1/2 each): 0.5 * 0.02 + 0.5 * 0.005.
+    assert conversion["diff"] == pytest.approx(0.0125)
+    assert conversion["control"]["mean"] == pytest.approx(0.125)
     phases = [s for s in report["segments"] if s["attribute"] == "traffic at first exposure"
               and s["metric"] == "conversion"]  # fmt: skip
     assert [s["value"] for s in phases] == ["10%", "50%"]
     assert all(s["lift"] == pytest.approx(0.1) for s in phases)
-    assert any(w.startswith("SIMPSON'S PARADOX: every traffic at first exposure segment")
-               for w in report["warnings"])  # fmt: skip
+    # Pooled: (220 + 275) / 6,000 against (1,800 + 250) / 14,000, that is -43.66 %.
+    pooled = [w for w in report["warnings"] if w.startswith("conversion: pooled over the ramp")]
+    assert len(pooled) == 1 and "would read -43.66%" in pooled[0]
+    assert not any("SIMPSON" in w for w in report["warnings"])
+    daily = next(t for t in report["daily"] if t["metric"] == "conversion")
+    assert daily["days"][-1]["cumulative"]["lift"] == pytest.approx(0.10)
 
 
 def test_a_mismatch_withholds_the_verdict(

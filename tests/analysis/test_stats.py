@@ -11,7 +11,7 @@ from scipy import stats as scipy_stats
 from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
 from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
-from analysis.stats import ArmStats, compare_means, compare_proportions, holm
+from analysis.stats import ArmStats, compare_means, compare_proportions, compare_strata, holm
 from tests.analysis.tables import table
 
 TOLERANCE = 1e-6
@@ -164,3 +164,60 @@ def test_arms_without_events_or_with_only_events_still_get_intervals(
     expected = confint_proportions_2indep(x_t, n_t, x_c, n_c, method="newcomb", compare="diff")
     assert result.diff_ci == pytest.approx(expected, abs=TOLERANCE)
     assert all(math.isnan(v) for v in result.lift_ci)
+
+
+def test_one_stratum_is_the_plain_comparison() -> None:
+    control, treatment = ArmStats.of_proportion(10_000, 520), ArmStats.of_proportion(10_000, 580)
+    stratified = compare_strata("proportion", [(control, treatment)], 0.05)
+    plain = compare_proportions(control, treatment, 0.05)
+    assert (stratified.p_value, stratified.diff_ci, stratified.lift_ci) == (
+        plain.p_value, plain.diff_ci, plain.lift_ci,
+    )  # fmt: skip
+    assert not stratified.strata
+
+
+@pytest.mark.parametrize("kind", ["proportion", "mean"])
+def test_strata_are_combined_by_their_unit_shares(kind: str) -> None:
+    """Post-stratification written out on raw units: weights N_s / N, variances w^2 var."""
+    rng = np.random.default_rng(21)
+    strata: list[tuple[np.ndarray, np.ndarray]] = []
+    for n_c, n_t, base in ((9_000, 1_000, 0.2), (5_000, 5_000, 0.05)):
+        pair: tuple[np.ndarray, np.ndarray]
+        if kind == "proportion":
+            pair = (rng.random(n_c) < base, rng.random(n_t) < base * 1.1)
+        else:
+            pair = (rng.gamma(2.0, base * 50, n_c), rng.gamma(2.0, base * 55, n_t))
+        strata.append((pair[0].astype(float), pair[1].astype(float)))
+    result = compare_strata(
+        kind, [(ArmStats.of_values(c), ArmStats.of_values(t)) for c, t in strata], 0.05
+    )
+    weights = np.array([len(c) + len(t) for c, t in strata]) / sum(
+        len(c) + len(t) for c, t in strata
+    )
+
+    def variance_of_mean(x: np.ndarray) -> float:
+        return float(
+            x.mean() * (1 - x.mean()) / len(x) if kind == "proportion" else x.var(ddof=1) / len(x)
+        )
+
+    m_c = sum(w * c.mean() for w, (c, _) in zip(weights, strata))
+    m_t = sum(w * t.mean() for w, (_, t) in zip(weights, strata))
+    v = sum(
+        w * w * (variance_of_mean(c) + variance_of_mean(t)) for w, (c, t) in zip(weights, strata)
+    )
+    z = (m_t - m_c) / math.sqrt(v)
+    assert result.diff == pytest.approx(m_t - m_c, abs=1e-12)
+    assert result.statistic == pytest.approx(z, abs=1e-9)
+    assert result.p_value == pytest.approx(2 * scipy_stats.norm.sf(abs(z)), abs=1e-12)
+    half = scipy_stats.norm.ppf(0.975) * math.sqrt(v)
+    assert result.diff_ci == pytest.approx((m_t - m_c - half, m_t - m_c + half), abs=1e-12)
+    assert result.control.n == sum(len(c) for c, _ in strata)
+
+
+def test_a_stratum_without_one_arm_is_left_out() -> None:
+    """Units enrolled while rolled back (all control) have nothing to be compared with."""
+    live = (ArmStats.of_proportion(5_000, 250), ArmStats.of_proportion(5_000, 300))
+    rolled_back = (ArmStats.of_proportion(7_000, 700), ArmStats.of_proportion(0, 0))
+    result = compare_strata("proportion", [live, rolled_back], 0.05)
+    assert result.p_value == compare_proportions(*live, 0.05).p_value
+    assert result.control.n == 5_000

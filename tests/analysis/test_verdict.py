@@ -40,7 +40,9 @@ def test_segment_sign_warnings(case: dict[str, Any]) -> None:
         SegmentLift(value, math.nan if diff is None else diff, math.nan if p is None else p)
         for value, diff, p in case["segments"]
     ]
-    warnings = sign_warnings("city", "conversion", case["total"], segments, SEGMENTS["alpha"])
+    warnings = sign_warnings(
+        "city", "conversion", case["total"], case["total_p"], segments, SEGMENTS["alpha"]
+    )
     if case["warning"] is None:
         assert warnings == []
     else:

@@ -1,0 +1,83 @@
+"""Checks on what a client sends before anything of it reaches a backend or a log.
+
+- `pipeline_problem(payload)`: the Paddle Serving pipeline envelope (`key`, `value`, `tensors`,
+  `logid`, `name`, `method`, `clientip`). A body the HTTP gateway would refuse with its own
+  HTTP 400 (a number where it wants a string, ...) or that its RPC layer fails on (`key` and
+  `value` of different lengths) is the client's fault: the router answers 400 `bad_body` itself,
+  instead of a 502 that counts against a variant's error rate. Other fields pass untouched (the
+  gateway ignores them; `user_id` may be the unit), and the feed contents are the model's
+  business.
+- `request_id_of(headers)`: the client's `X-Request-Id` when it is a sane token, else a new one.
+  It is echoed in a response header and logged, so it is never taken verbatim when odd.
+- `parse_json(body)`: strict JSON: `NaN` and `Infinity`, which Python accepts and the Go
+  gateway refuses, raise ValueError like any other bad JSON.
+- `BODY_ERRORS`: what reading or parsing a body may raise besides "too large".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from typing import Any, Optional
+
+from aiohttp.web_protocol import RequestPayloadError
+
+INT64 = (-(1 << 63), (1 << 63) - 1)
+_STRING_FIELDS = ("name", "method", "clientip")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_INT_TEXT = re.compile(r"^-?\d{1,19}$")
+
+# A body with a broken Content-Encoding (RequestPayloadError) or JSON nested deeper than the
+# parser's recursion limit (RecursionError) is a bad body, not a server error.
+BODY_ERRORS = (ValueError, RecursionError, RequestPayloadError)
+
+
+def parse_json(body: bytes) -> Any:
+    """`json.loads` without the non-standard constants NaN, Infinity and -Infinity."""
+    return json.loads(body, parse_constant=_no_constant)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def pipeline_problem(payload: Mapping[str, Any]) -> Optional[str]:
+    """Why `payload` is not a pipeline request the backend could take, or None."""
+    key, value = payload.get("key"), payload.get("value")
+    for field, items in (("key", key), ("value", value)):
+        if items is not None and not _strings(items):
+            return f"{field}: must be a list of strings"
+    if isinstance(key, list) and isinstance(value, list) and len(key) != len(value):
+        return f"key and value: {len(key)} names but {len(value)} values"
+    tensors = payload.get("tensors")
+    if tensors is not None and not (
+        isinstance(tensors, list) and all(isinstance(t, dict) for t in tensors)
+    ):
+        return "tensors: must be a list of objects"
+    for field in _STRING_FIELDS:
+        if payload.get(field) is not None and not isinstance(payload[field], str):
+            return f"{field}: must be a string"
+    logid = payload.get("logid")
+    if logid is not None and not _int64(logid):
+        return "logid: must be a 64-bit integer"
+    return None
+
+
+def request_id_of(headers: Mapping[str, str]) -> str:
+    """The request's `X-Request-Id` if it is 1-128 of `A-Za-z0-9._:-`, else 24 random hex."""
+    given = headers.get("X-Request-Id")
+    if given and _REQUEST_ID.match(given):
+        return given
+    return os.urandom(12).hex()
+
+
+def _strings(items: Any) -> bool:
+    return isinstance(items, list) and all(isinstance(item, str) for item in items)
+
+
+def _int64(value: Any) -> bool:
+    if isinstance(value, str) and _INT_TEXT.match(value):
+        value = int(value)
+    return isinstance(value, int) and not isinstance(value, bool) and INT64[0] <= value <= INT64[1]

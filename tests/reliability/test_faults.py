@@ -1,0 +1,383 @@
+"""Faults under load: the real router and real Paddle Serving servers, a bounded load on loopback.
+
+Each case sends a few hundred requests at tens per second while it breaks something, then
+checks that no client saw an error where an answer was possible and that every answered
+request left its exposure record (or, for a broken log disk, was counted as dropped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from tests.conftest import Backend, BackendFactory
+from tests.reliability.conftest import Launch, Stack, Table
+from tests.reliability.faults import BadBackend
+from tests.reliability.load import LoadResult, run_load
+from tests.reliability.stack import BODY, ROUTE, read_jsonl, registry, write_registry
+from tests.reliability.summary import Row
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
+
+
+@pytest_asyncio.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as client:
+        yield client
+
+
+def background(
+    session: aiohttp.ClientSession, stack: Stack, requests: int, rate: float, prefix: str
+) -> asyncio.Task[LoadResult]:
+    return asyncio.ensure_future(
+        run_load(
+            session, stack.url + ROUTE, BODY, requests=requests, rate=rate, concurrency=8,
+            id_prefix=prefix, unit_of=lambda i: f"{prefix}-unit-{i}", max_seconds=90,
+        )
+    )  # fmt: skip
+
+
+async def lost_exposures(stack: Stack, *results: LoadResult) -> int:
+    """Answered requests without an exposure record, once the writer had time to flush."""
+    answered = {a.request_id for r in results for a in r.answered()}
+    logged: set[str] = set()
+    for _ in range(40):
+        logged = {r["request_id"] for r in stack.exposures()}
+        if answered <= logged:
+            break
+        await asyncio.sleep(0.1)
+    return len(answered - logged)
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float) -> float:
+    """Seconds until `check()` held; fails the test after `timeout`."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if await check():
+            return time.monotonic() - started
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not within {timeout} s")
+
+
+def endpoint_up(state: dict[str, Any], backend: str, url: str) -> bool:
+    [endpoint] = [e for e in state["backends"][backend]["endpoints"] if e["url"] == url]
+    return bool(endpoint["up"])
+
+
+def failures(result: LoadResult) -> list[tuple[str, Any, Any]]:
+    return [(a.request_id, a.status, a.error) for a in result.failed()]
+
+
+async def test_kill_one_replica_then_restart_it(
+    demo_models: Path,
+    paddle_backends: dict[str, Backend],
+    paddle_backend_factory: BackendFactory,
+    launch: Launch,
+    session: aiohttp.ClientSession,
+    table: Table,
+) -> None:
+    replica = paddle_backend_factory(demo_models / "sentiment_v1")
+    shared = paddle_backends["sentiment-v1"].url
+    stack = launch(
+        registry([shared, replica.url], [paddle_backends["sentiment-v2"].url]),
+    )
+    load = background(session, stack, 300, 40, "kill")
+    await asyncio.sleep(2.5)
+    replica.kill()  # SIGKILL to its whole process group, mid-load
+    killed = await load
+    state = await stack.state(session)
+    ejected = not endpoint_up(state, "sentiment-v1", replica.url)
+    lost = await lost_exposures(stack, killed)
+    table.add(
+        Row("fault", "kill -9 one of two control replicas",
+            "SIGKILL to one of the control backend's two Paddle Serving servers at 2.5 s of a "
+            "300-request load at 40/s", killed.sent, len(killed.failed()), lost,
+            "requests in flight and refused connections retried on the other replica; "
+            f"replica ejected: {ejected}")
+    )  # fmt: skip
+    assert failures(killed) == []
+    assert lost == 0 and ejected
+
+    # Restart it on the same port under load: the prober brings it back into rotation.
+    port = int(replica.url.rsplit(":", 1)[1])
+    load = background(session, stack, 400, 40, "restart")
+    loop = asyncio.get_running_loop()
+    restarted = await loop.run_in_executor(
+        None, lambda: paddle_backend_factory(demo_models / "sentiment_v1", http_port=port)
+    )
+    ready_at = time.monotonic()
+
+    async def back_in() -> bool:
+        return endpoint_up(await stack.state(session), "sentiment-v1", restarted.url)
+
+    probed_in = await wait_for(back_in, timeout=10)
+    errors_before = await stack.metric(
+        session, "router_backend_requests_total", backend="sentiment-v1", outcome="error"
+    )
+    during = await load
+    after = await run_load(
+        session, stack.url + ROUTE, BODY, requests=100, rate=40, concurrency=8, id_prefix="after"
+    )
+    errors_after = await stack.metric(
+        session, "router_backend_requests_total", backend="sentiment-v1", outcome="error"
+    )
+    lost = await lost_exposures(stack, during, after)
+    table.add(
+        Row("fault", "restart a backend",
+            "the killed replica restarted on its port during a 400-request load, then 100 more",
+            during.sent + after.sent, len(during.failed()) + len(after.failed()), lost,
+            f"probed back into rotation {probed_in:.1f} s after it answered; no backend error "
+            "after that")
+    )  # fmt: skip
+    assert failures(during) == [] and failures(after) == []
+    assert lost == 0
+    assert errors_after == errors_before  # the restarted replica answered its share
+    assert time.monotonic() - ready_at < 15
+
+
+async def test_treatment_answering_garbage_resetting_or_hanging_falls_back(
+    paddle_backends: dict[str, Backend], launch: Launch, session: aiohttp.ClientSession,
+    table: Table,
+) -> None:  # fmt: skip
+    bad = BadBackend()
+    server = await bad.start()
+    try:
+        url = f"http://127.0.0.1:{server.port}"
+        patch = {"backends": {"sentiment-v2": {"timeout_ms": 300, "eject_after": 1000}}}
+        stack = launch(registry([paddle_backends["sentiment-v1"].url], [url], patch=patch))
+        result = await run_load(
+            session, stack.url + ROUTE, BODY, requests=200, rate=40, concurrency=16,
+            id_prefix="garbage",
+        )  # fmt: skip
+    finally:
+        await server.close()
+    treated = [a for a in result.answers if a.variant == "treatment"]
+    lost = await lost_exposures(stack, result)
+    table.add(
+        Row("fault", "treatment misbehaves (in-process fake)",
+            "the treatment answers garbage, an HTML 500, resets the connection, sends half a "
+            "reply or hangs past timeout_ms, in turn", result.sent, len(result.failed()), lost,
+            f"{len(treated)} treatment users, all answered by control with fallback: true")
+    )  # fmt: skip
+    assert failures(result) == []
+    assert lost == 0 and bad.received >= len(treated) > 0
+    assert all(a.fallback is True and a.version == "legacy_v1" for a in treated)
+
+
+async def test_sigstop_the_treatment_falls_back_then_rolls_back(
+    demo_models: Path,
+    paddle_backends: dict[str, Backend],
+    paddle_backend_factory: BackendFactory,
+    launch: Launch,
+    session: aiohttp.ClientSession,
+    table: Table,
+) -> None:
+    treatment = paddle_backend_factory(demo_models / "sentiment_v2")
+    slo = {
+        "interval": "1s", "window": "4s", "min_samples": 20, "failed_checks": 2,
+        "p99_ms": 250, "error_rate": 0.05, "on_breach": "rollback",
+    }  # fmt: skip
+    patch = {
+        "backends": {"sentiment-v2": {"timeout_ms": 300}},
+        "experiments": {"sentiment": {"slo": slo}},
+    }
+    stack = launch(registry([paddle_backends["sentiment-v1"].url], [treatment.url], patch=patch))
+    try:
+        load = background(session, stack, 520, 40, "sigstop")
+        await asyncio.sleep(3.0)
+        treatment.suspend()  # SIGSTOP: connections are accepted, nothing answers
+        stopped_at = time.monotonic()
+
+        async def rolled_back() -> bool:
+            state = await stack.state(session)
+            return bool(state["experiments"]["sentiment"].get("status") == "rolled_back")
+
+        rollback_s = await wait_for(rolled_back, timeout=8)
+        result = await load
+    finally:
+        treatment.resume()
+        treatment.stop()
+    after_fault = [a for a in result.answers if a.started > stopped_at + 0.5]
+    fell_back = [a for a in after_fault if a.fallback]
+    # once rolled back, every enrolled unit is on control: no fallback any more
+    settled = [a for a in result.answers if a.started > stopped_at + rollback_s + 0.5]
+    lost = await lost_exposures(stack, result)
+    decisions = read_jsonl([stack.log_dir / "decisions.jsonl"])
+    rollbacks = [d for d in decisions if d["action"] == "rollback" and d["actor"] == "slo"]
+    table.add(
+        Row("fault", "SIGSTOP the treatment",
+            "SIGSTOP to the treatment's Paddle Serving server at 3 s of a 520-request load at "
+            "40/s (timeout_ms 300; SLO interval 1 s, failed_checks 2)", result.sent,
+            len(result.failed()), lost,
+            f"{len(fell_back)} treatment users answered by control (fallback), then rolled "
+            f"back by the SLO guard {rollback_s:.1f} s after the stop")
+    )  # fmt: skip
+    assert failures(result) == []
+    assert lost == 0
+    assert fell_back and all(a.version == "legacy_v1" for a in fell_back)
+    assert settled and all(a.variant == "control" and not a.fallback for a in settled)
+    assert len(rollbacks) == 1
+
+
+async def test_100_registry_reloads_during_load(
+    paddle_backends: dict[str, Backend], launch: Launch, session: aiohttp.ClientSession,
+    table: Table,
+) -> None:  # fmt: skip
+    control, treatment = paddle_backends["sentiment-v1"].url, paddle_backends["sentiment-v2"].url
+    stack = launch(registry([control], [treatment], traffic=10), "--no-watch")
+    load = background(session, stack, 400, 40, "reload")
+    for index in range(100):
+        traffic = 20 if index % 2 == 0 else 10
+        write_registry(stack.config, registry([control], [treatment], traffic=traffic))
+        stack.router.signal(signal.SIGHUP)
+
+        async def reloaded(count: int = index + 1) -> bool:
+            done = await stack.metric(session, "router_config_reloads_total", result="ok")
+            return done >= count
+
+        await wait_for(reloaded, timeout=5)
+    reloads_done_while_loading = not load.done()
+    result = await load
+    reloads = await stack.metric(session, "router_config_reloads_total", result="ok")
+    refused = await stack.metric(session, "router_config_reloads_total", result="error")
+    lost = await lost_exposures(stack, result)
+    table.add(
+        Row("fault", "100 registry reloads during load",
+            "100 edits of experiments.yaml (traffic 10 <-> 20), each applied by SIGHUP, during a "
+            "400-request load at 40/s", result.sent, len(result.failed()), lost,
+            f"{reloads:g} reloads applied, {refused:g} refused")
+    )  # fmt: skip
+    assert failures(result) == []
+    assert (reloads, refused, lost) == (100, 0, 0)
+    assert reloads_done_while_loading
+
+
+async def test_sigterm_under_load_finishes_and_logs_what_it_answered(
+    paddle_backends: dict[str, Backend], launch: Launch, session: aiohttp.ClientSession,
+    table: Table,
+) -> None:  # fmt: skip
+    stack = launch(
+        registry([paddle_backends["sentiment-v1"].url], [paddle_backends["sentiment-v2"].url])
+    )
+    load = background(session, stack, 300, 50, "sigterm")
+    await asyncio.sleep(3.0)
+    stack.router.signal(signal.SIGTERM)
+    loop = asyncio.get_running_loop()
+    code = await loop.run_in_executor(None, stack.router.wait, 15)
+    result = await load
+    answered = {a.request_id for a in result.answered()}
+    logged = {r["request_id"] for r in stack.exposures()}
+    refused = [a for a in result.answers if a.status is None]
+    bad = [a for a in result.answered() if a.status != 200]
+    lost = len(answered - logged)
+    table.add(
+        Row("fault", "SIGTERM to the router under load",
+            "SIGTERM at 3 s of a 300-request load at 50/s, 8 in flight", result.sent, len(bad),
+            lost,
+            f"{len(answered)} answered with 200 and logged ({len(logged)} records), "
+            f"{len(refused)} refused at connect after the stop, exit code {code}")
+    )  # fmt: skip
+    assert code == 0
+    assert bad == []
+    assert answered == logged  # exposures logged = responses sent
+    assert refused, "the stop came after the load: nothing was tested"
+    assert all("Connect" in str(a.error) for a in refused), {a.error for a in refused}
+
+
+def _today_and_tomorrow() -> list[str]:
+    now = datetime.now(timezone.utc)
+    return [(now + timedelta(days=d)).strftime("%Y-%m-%d") for d in (0, 1)]
+
+
+async def test_full_or_unwritable_log_directory(
+    paddle_backends: dict[str, Backend], launch: Launch, session: aiohttp.ClientSession,
+    table: Table,
+) -> None:  # fmt: skip
+    stack = launch(
+        registry([paddle_backends["sentiment-v1"].url], [paddle_backends["sentiment-v2"].url])
+    )
+    log_dir = stack.log_dir
+    log_dir.mkdir(exist_ok=True)
+    url = stack.url + ROUTE
+
+    async def dropped(log: str) -> float:
+        return await stack.metric(session, "router_events_dropped_total", log=log)
+
+    async def events(count: int) -> list[int]:
+        statuses = []
+        for i in range(count):
+            event = {"unit_id": f"disk-{i}", "metric": "conversion"}
+            async with session.post(f"{stack.url}/events", json=event) as response:
+                statuses.append(response.status)
+        return statuses
+
+    # A full disk: every log file of today (and tomorrow, should the test cross midnight) is
+    # /dev/full, where every write fails with ENOSPC.
+    for day in _today_and_tomorrow():
+        for prefix in ("exposures", "outcomes"):
+            (log_dir / f"{prefix}-{day}.jsonl").symlink_to("/dev/full")
+    full = await run_load(session, url, BODY, requests=150, rate=50, id_prefix="full")
+    full_events = await events(10)
+    await asyncio.sleep(0.6)
+    full_dropped = (await dropped("exposures"), await dropped("outcomes"))
+    for link in log_dir.iterdir():
+        link.unlink()
+    healed = await run_load(session, url, BODY, requests=50, rate=50, id_prefix="healed")
+    healed_lost = await lost_exposures(stack, healed)
+    table.add(
+        Row("fault", "log directory full",
+            "the day's exposure and outcome files on /dev/full (ENOSPC) for 150 requests and "
+            "10 events, then the disk 'freed' for 50 more", full.sent + healed.sent + 10,
+            len(full.failed()) + len(healed.failed()) + sum(s != 202 for s in full_events),
+            int(150 + 10 - sum(full_dropped)) + healed_lost,
+            f"{full_dropped[0]:g} exposures and {full_dropped[1]:g} outcomes dropped and "
+            "counted; logging resumed")
+    )  # fmt: skip
+    assert failures(full) == [] and failures(healed) == [] and set(full_events) == {202}
+    assert full_dropped == (150, 10)
+    assert healed_lost == 0
+
+    # An unwritable directory: read-only for a normal user; root ignores permission bits, so
+    # as root the directory is replaced by a plain file (every open below it fails).
+    as_root = os.geteuid() == 0
+    aside = log_dir.with_name("logs-aside")
+    if as_root:
+        log_dir.rename(aside)
+        log_dir.write_text("not a directory\n")
+    else:
+        log_dir.chmod(0o500)
+    try:
+        before = await dropped("exposures")
+        blocked = await run_load(session, url, BODY, requests=100, rate=50, id_prefix="ro")
+        await asyncio.sleep(0.6)
+        blocked_dropped = await dropped("exposures") - before
+    finally:
+        if as_root:
+            log_dir.unlink()
+            aside.rename(log_dir)
+        else:
+            log_dir.chmod(0o700)
+    healed = await run_load(session, url, BODY, requests=50, rate=50, id_prefix="rw")
+    healed_lost = await lost_exposures(stack, healed)
+    how = "replaced by a plain file (running as root)" if as_root else "chmod 0500"
+    table.add(
+        Row("fault", "log directory unwritable",
+            f"the log directory {how} for 100 requests, then restored for 50 more",
+            blocked.sent + healed.sent, len(blocked.failed()) + len(healed.failed()),
+            int(100 - blocked_dropped) + healed_lost,
+            f"{blocked_dropped:g} exposures dropped and counted; logging resumed")
+    )  # fmt: skip
+    assert failures(blocked) == [] and failures(healed) == []
+    assert blocked_dropped == 100 and healed_lost == 0
+    shutil.rmtree(aside, ignore_errors=True)
