@@ -261,10 +261,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--concurrency", type=int, default=4, help="users in flight at once")
     parser.add_argument(
-        "--base-rate", type=float, default=0.06, help="conversion chance per answer"
+        "--base-rate", type=float, default=0.05, help="conversion chance per answer"
     )
     parser.add_argument(
-        "--bonus", type=float, default=0.18, help="extra chance when the answer is right"
+        "--bonus", type=float, default=0.30, help="extra chance when the answer is right"
     )
     parser.add_argument("--run-dir", type=Path, default=REPO_ROOT / "run" / "demo")
     parser.add_argument("--models", type=Path, default=REPO_ROOT / "models")
