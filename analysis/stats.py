@@ -8,9 +8,9 @@ report over ten million exposures and a unit test over ten units go through the 
   test), with score intervals for the difference and the ratio (statsmodels
   `confint_proportions_2indep`, `method="score"`, no correction). At a difference of zero the
   score statistic is the pooled z, so the interval excludes zero exactly when p < alpha.
-  statsmodels' score solver fails when an arm has no events or only events (a small day):
-  there the difference gets Newcombe's interval and the lift none (no ratio interval behaves
-  there; the adjusted log one can exclude its own estimate).
+  statsmodels' score solver fails when an arm has no events or only events, and on many small
+  samples (a small day or segment): there the difference gets Newcombe's interval and the lift
+  none (no ratio interval behaves there; the adjusted log one can exclude its own estimate).
 - mean: Welch's t-test (scipy `ttest_ind_from_stats`) with the Welch-Satterthwaite interval
   for the difference, and a delta-method interval for the relative lift.
 - several strata (ramp phases: units enrolled under different traffic splits): the arms are
@@ -23,6 +23,7 @@ report over ten million exposures and a unit test over ten units go through the 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -182,26 +183,46 @@ def _proportion_intervals(c: Comparison) -> tuple[tuple[float, float], tuple[flo
     n_c, n_t = c.control.n, c.treatment.n
     x_c, x_t = _counts(c.control, c.treatment)
     interior = 0 < x_c < n_c and 0 < x_t < n_t
-    diff_ci = _proportion_interval(x_t, n_t, x_c, n_c, c.alpha, "diff", interior)
-    if not interior:
+    diff_ci = _score_interval(x_t, n_t, x_c, n_c, c.alpha, "diff", c.diff) if interior else None
+    if diff_ci is None:
+        diff_ci = _newcombe_interval(x_t, n_t, x_c, n_c, c.alpha)
         return diff_ci, (NAN, NAN)
-    low, high = _proportion_interval(x_t, n_t, x_c, n_c, c.alpha, "ratio", interior)
-    return diff_ci, (low - 1, high - 1)
+    ratio_ci = _score_interval(
+        x_t, n_t, x_c, n_c, c.alpha, "ratio", c.treatment_mean / c.control_mean
+    )
+    if ratio_ci is None:
+        return diff_ci, (NAN, NAN)
+    return diff_ci, (ratio_ci[0] - 1, ratio_ci[1] - 1)
 
 
-def _proportion_interval(
-    x_t: int, n_t: int, x_c: int, n_c: int, alpha: float, compare: str, interior: bool
-) -> tuple[float, float]:
-    if interior:
-        options: dict[str, object] = {"method": "score", "correction": False}
-    else:
-        options = {"method": "newcomb"}
-    try:
+def _score_interval(
+    x_t: int, n_t: int, x_c: int, n_c: int, alpha: float, compare: str, estimate: float
+) -> Optional[tuple[float, float]]:
+    """statsmodels' score interval, or None where its root search fails (small samples):
+    an exception, a numerical warning, or an interval that misses its own estimate."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        try:
+            low, high = _pair(
+                confint_proportions_2indep(
+                    x_t, n_t, x_c, n_c, compare=compare, alpha=alpha, method="score",
+                    correction=False,
+                )
+            )  # fmt: skip
+        except (ValueError, ZeroDivisionError, FloatingPointError, RuntimeWarning):
+            return None
+    if not (math.isfinite(low) and math.isfinite(high) and low <= estimate <= high):
+        return None
+    return low, high
+
+
+def _newcombe_interval(x_t: int, n_t: int, x_c: int, n_c: int, alpha: float) -> tuple[float, float]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         return _pair(
-            confint_proportions_2indep(x_t, n_t, x_c, n_c, compare=compare, alpha=alpha, **options)
-        )
-    except (ValueError, ZeroDivisionError, FloatingPointError):  # a solver that cannot converge
-        return NAN, NAN
+            confint_proportions_2indep(x_t, n_t, x_c, n_c, compare="diff", alpha=alpha,
+                                       method="newcomb")
+        )  # fmt: skip
 
 
 def compare_means(control: ArmStats, treatment: ArmStats, alpha: float) -> Comparison:

@@ -4,22 +4,31 @@ Everything that needs a running loop or holds a resource (the client session, th
 log writer threads, the file watch) is opened in a `cleanup_ctx` generator and closed after its
 `yield`, in reverse order: the logs close last, after the last request has been logged.
 
-The SLO guard (issue 4) plugs in by setting `app[OBSERVER]`, `app[TRAFFIC]`, `app[ON_RELOAD]`
-and `app[SHADOW_LISTENER]` after `create_app` and before the app starts (see router.hooks).
+With `guard=GuardSetup` (what `python -m router` runs) the SLO guard and ramp are wired in:
+the guard observes every backend call and decides the traffic in force, its background task
+(router.guard_runtime) checks, writes decisions and saves state, reloads go through it, shadow
+answers are compared, and the admin API `POST /admin/experiments/{name}/{action}` is served.
+Without it (in-process tests of the request path) the registry's traffic is in force, and other
+hooks can be set in `app[OBSERVER]`, `app[TRAFFIC]`, `app[ON_RELOAD]` and `app[SHADOW_LISTENER]`
+after `create_app` and before the app starts (see router.hooks).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Callable, Optional
 
 from aiohttp import web
 
+from router import admin
+from router.admin import AdminAuth, AdminEndpoint
 from router.config import RouterConfig
 from router.events import EventLogs
+from router.guard_runtime import GuardRuntime, GuardSetup
 from router.handler import ProxyHandler
 from router.hooks import (
     ConfiguredTraffic,
@@ -49,6 +58,9 @@ RELOADER = web.AppKey[Optional[ConfigReloader]]("reloader")
 # None: the built-in hook (traffic edits recorded as `actor: config` decisions).
 ON_RELOAD = web.AppKey[Optional[ReloadHook]]("on_reload")
 SHADOW_LISTENER = web.AppKey[Optional[ShadowListener]]("shadow_listener")
+# The running SLO guard, None without one (create_app(..., guard=None)).
+GUARD = web.AppKey[Optional[GuardRuntime]]("guard")
+ADMIN_AUTH = web.AppKey("admin_auth", AdminAuth)
 
 
 def create_app(
@@ -57,8 +69,12 @@ def create_app(
     *,
     watch: bool = True,
     flush_interval: float = 0.2,
+    guard: Optional[GuardSetup] = None,
+    environ: Optional[Mapping[str, str]] = None,
 ) -> web.Application:
-    """The router for a validated registry; `config_path` enables hot reload of that file."""
+    """The router for a validated registry; `config_path` enables hot reload of that file,
+    `guard` (GuardSetup.load) the SLO guard, ramp and admin API. The admin token is read from
+    `environ` (default os.environ) once, here."""
     app = web.Application(client_max_size=config.router.max_body_bytes)
     metrics = RouterMetrics()
     upstreams = Upstreams(metrics)
@@ -82,6 +98,17 @@ def create_app(
     app[RELOADER] = reloader
     app[ON_RELOAD] = None
     app[SHADOW_LISTENER] = None
+    auth = AdminAuth.from_environ(
+        os.environ if environ is None else environ, config.router.admin_token_env
+    )
+    app[ADMIN_AUTH] = auth
+    runtime = GuardRuntime(guard, logs.decisions, metrics.registry) if guard else None
+    app[GUARD] = runtime
+    if runtime is not None:
+        app[OBSERVER] = runtime.guard
+        app[TRAFFIC] = runtime.guard
+        app[ON_RELOAD] = runtime.on_reload
+        app[SHADOW_LISTENER] = runtime
     metrics.add_live_gauge(
         "router_traffic_percent",
         "Percent of enrolled units outside control in force, per experiment.",
@@ -91,7 +118,7 @@ def create_app(
         ],
     )
 
-    handler = ProxyHandler(live, upstreams, metrics, logs)
+    handler = ProxyHandler(live, upstreams, metrics, logs, auth)
     views = StatusViews(live, _Deferred(app), metrics)
     outcomes = OutcomeEndpoint(logs.outcomes, live)
     app.router.add_route("*", "/events", outcomes.handle)
@@ -102,11 +129,15 @@ def create_app(
     openapi = OpenApiDocument(live)
     app.router.add_route("*", "/openapi.yaml", get_only(openapi.yaml))
     app.router.add_route("*", "/openapi.json", get_only(openapi.json))
+    if runtime is not None:
+        app.router.add_route("*", admin.ROUTE, AdminEndpoint(auth, runtime, metrics).handle)
     # Experiment routes change on reload, and the aiohttp router is frozen once started:
     # everything else goes to the proxy, which looks the path up in the registry in force.
     app.router.add_route("*", "/{path:.*}", handler.handle)
 
     app.cleanup_ctx.append(_event_logs(logs))
+    if runtime is not None:
+        app.cleanup_ctx.append(_guard(runtime))
     app.cleanup_ctx.append(_hooks(app, handler, reloader))
     app.cleanup_ctx.append(_backends(upstreams, handler))
     if reloader is not None:
@@ -132,6 +163,18 @@ def _event_logs(logs: EventLogs) -> CleanupContext:
         logs.start()
         yield
         await asyncio.get_running_loop().run_in_executor(None, logs.close)
+
+    return context
+
+
+def _guard(runtime: GuardRuntime) -> CleanupContext:
+    """The guard's task; on the way out a last round of checks, decisions and saves, before
+    the logs close."""
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        runtime.start()
+        yield
+        await runtime.stop()
 
     return context
 

@@ -31,6 +31,8 @@ EXPOSURE_FIELDS = frozenset(
         "model_version", "status", "latency_ms", "fallback", "error",
     }
 )  # fmt: skip
+# Fields only some exposure records carry (`override: true` on X-Variant-Override requests).
+OPTIONAL_EXPOSURE_FIELDS = frozenset({"override"})
 
 
 def experiment_problems(place: str, exp: ExperimentConfig, backends: set[str]) -> list[str]:
@@ -118,7 +120,7 @@ def _router_problems(router: RouterSettings) -> list[str]:
     if not router.unit_id.header and not router.unit_id.json_field:
         problems.append("router.unit_id: give a header, a json_field or both")
     for field in router.attributes:
-        if field in EXPOSURE_FIELDS:
+        if field in EXPOSURE_FIELDS or field in OPTIONAL_EXPOSURE_FIELDS:
             problems.append(f"router.attributes.{field}: clashes with an exposure record field")
         elif not ATTRIBUTE_PATTERN.match(field):
             problems.append(f"router.attributes.{field}: must be a lower_snake_case field name")

@@ -5,6 +5,12 @@ received to that arm's backend. If the treatment fails and the experiment falls 
 the user gets control's answer marked `fallback: true` while the failure still counts against
 the treatment (`assigned` and `served` are logged separately). When no arm answers: 502, or 504
 if the last failure was a timeout.
+
+QA: `X-Variant-Override: <arm>` with the admin token (`Authorization: Bearer <token>`) serves
+that arm, whatever the assignment and the rollout state say; the exposure is logged with
+`override: true` and `enrolled: false`, so the analysis never counts it. Without a valid token
+the request is refused (403 `override_forbidden`): silently serving the assigned arm would let
+a QA script believe it tested the candidate.
 """
 
 from __future__ import annotations
@@ -13,11 +19,12 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from aiohttp import web
 
-from router.assign import Arm, Assignment
+from router.admin import AdminAuth
+from router.assign import Arm, Assignment, ExperimentPlan
 from router.events import EventLogs, utc_now_iso
 from router.hooks import (
     ConfiguredTraffic,
@@ -34,6 +41,7 @@ from router.responses import JSON, error_response, method_not_allowed
 from router.units import BadUnit, logged_unit, unit_of
 
 MAX_SHADOW_IN_FLIGHT = 64
+OVERRIDE_HEADER = "X-Variant-Override"
 
 
 @dataclass
@@ -51,11 +59,13 @@ class ProxyHandler:
         upstreams: Upstreams,
         metrics: RouterMetrics,
         logs: EventLogs,
+        auth: Optional[AdminAuth] = None,
     ) -> None:
         self._live = live
         self._upstreams = upstreams
         self._metrics = metrics
         self._logs = logs
+        self._auth = auth or AdminAuth(None, "ROUTER_ADMIN_TOKEN")
         self._observer: RequestObserver = NullObserver()
         self._traffic: TrafficPolicy = ConfiguredTraffic(live.config)
         self._shadow_listener: Optional[ShadowListener] = None
@@ -106,11 +116,18 @@ class ProxyHandler:
             unit = unit_of(request.headers, payload, settings.unit_id)
         except BadUnit as exc:
             return self._refuse(400, "bad_unit", str(exc))
-        assignment = plan.assign(unit, self._traffic.effective_traffic(name))
+        wanted = request.headers.get(OVERRIDE_HEADER)
+        if wanted is None:
+            assignment = plan.assign(unit, self._traffic.effective_traffic(name))
+        else:
+            overridden = self._override(request, plan, wanted)
+            if isinstance(overridden, web.Response):
+                return overridden
+            assignment = overridden
         content_type = request.headers.get("Content-Type") or JSON
         assigned = assignment.arm
         control_answer: Optional[asyncio.Future[Optional[BackendReply]]] = None
-        if experiment.mode == "shadow":
+        if experiment.mode == "shadow" and wanted is None:
             # Everyone gets control; treatment units also send a copy to the treatment.
             if not assignment.is_control:
                 control_answer = self._shadow(snapshot, name, assigned, path, body, content_type)
@@ -175,8 +192,28 @@ class ProxyHandler:
             status,
             latency_s,
             request_id,
+            overridden=wanted is not None,
         )
         return response
+
+    def _override(
+        self, request: web.Request, plan: ExperimentPlan, wanted: str
+    ) -> Union[Assignment, web.Response]:
+        """The arm `X-Variant-Override` asks for (never enrolled), or the refusal."""
+        if not self._auth.allows(request.headers.get("Authorization")):
+            return self._refuse(
+                403,
+                "override_forbidden",
+                f"{OVERRIDE_HEADER} needs the admin token (Authorization: Bearer <token>)",
+            )
+        arms = (plan.control, *plan.others)
+        arm = next((a for a in arms if a.name == wanted.strip()), None)
+        if arm is None:
+            known = ", ".join(a.name for a in arms)
+            return self._refuse(
+                400, "bad_override", f"{OVERRIDE_HEADER}: no arm {wanted!r} here (arms: {known})"
+            )
+        return Assignment(arm, enrolled=False, bucket=None, is_control=arm is plan.control)
 
     async def _serve(
         self,
@@ -233,6 +270,8 @@ class ProxyHandler:
         for the shadow listener to compare. None if too many copies are in flight."""
         if len(self._shadows) >= MAX_SHADOW_IN_FLIGHT:
             self._metrics.shadow_skipped.labels(experiment).inc()
+            if self._shadow_listener is not None:
+                self._shadow_listener.shadow_dropped(experiment, arm.name)
             return None
         control_answer: asyncio.Future[Optional[BackendReply]] = (
             asyncio.get_running_loop().create_future()
@@ -293,6 +332,8 @@ class ProxyHandler:
         status: int,
         latency_s: float,
         request_id: str,
+        *,
+        overridden: bool = False,
     ) -> None:
         settings = snapshot.config.router
         record: dict[str, Any] = {
@@ -309,6 +350,8 @@ class ProxyHandler:
             "fallback": outcome.fallback,
             "error": "; ".join(str(f) for f in outcome.failures) or None,
         }
+        if overridden:
+            record["override"] = True
         for field, header in settings.attributes.items():
             record[field] = request.headers.get(header)
         self._logs.exposures.write(record)

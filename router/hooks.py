@@ -13,7 +13,8 @@
   so no request sees the new registry before it ran) and returns the decision records to write.
   The default records traffic edits (`actor: config`); the guard replaces it with its own.
 - `ShadowListener.shadow_answered` receives both answers of a shadowed request (a payload is
-  None when that call failed), for comparing them.
+  None when that call failed), for comparing them; `shadow_dropped` is told of each copy not
+  sent because too many were in flight.
 
 They are held in the app state (`router.app.OBSERVER`, `TRAFFIC`, `ON_RELOAD`,
 `SHADOW_LISTENER`) and must be set before the app starts.
@@ -66,3 +67,6 @@ class ShadowListener(Protocol):
         control: Optional[dict[str, Any]],
         shadow: Optional[dict[str, Any]],
     ) -> None: ...
+
+    def shadow_dropped(self, experiment: str, variant: str) -> None:
+        """A shadow copy that was not sent: too many copies in flight."""

@@ -30,8 +30,9 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _INT_TEXT = re.compile(r"^-?\d{1,19}$")
 
 # A body with a broken Content-Encoding (RequestPayloadError) or JSON nested deeper than the
-# parser's recursion limit (RecursionError) is a bad body, not a server error.
-BODY_ERRORS = (ValueError, RecursionError, RequestPayloadError)
+# parser's recursion limit (RecursionError) is a bad body, not a server error; a client gone
+# before its body arrived (ConnectionResetError) gets the same answer, which nobody reads.
+BODY_ERRORS = (ValueError, RecursionError, RequestPayloadError, ConnectionResetError)
 
 
 def parse_json(body: bytes) -> Any:

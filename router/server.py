@@ -1,7 +1,9 @@
 """Run the router until SIGTERM/SIGINT, then shut down gracefully.
 
-On a stop signal the router stops accepting connections, lets requests in flight finish (up to
-SHUTDOWN_TIMEOUT_S), closes backend connections and flushes every log before exiting.
+The SLO guard starts from the rollout states saved in `state_dir`. On a stop signal the router
+stops accepting connections, lets requests in flight finish (up to SHUTDOWN_TIMEOUT_S), closes
+backend connections, runs the guard's last round (checks due, decisions, state saves) and
+flushes every log before exiting.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from aiohttp import web
 
 from router.app import create_app
 from router.config import RouterConfig
+from router.guard import rollout_problems
+from router.guard_runtime import GuardSetup
 
 log = logging.getLogger("router")
 
@@ -30,7 +34,11 @@ async def serve(
     *,
     watch: bool = True,
 ) -> None:
-    app = create_app(config, config_path, watch=watch)
+    for name, experiment in config.experiments.items():
+        for problem in rollout_problems(name, experiment):
+            log.warning("router: %s", problem)
+    guard = await GuardSetup.load(config)
+    app = create_app(config, config_path, watch=watch, guard=guard)
     # The exposure log is the access log: aiohttp's own would double the work per request.
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S

@@ -276,3 +276,12 @@ def test_bad_input_exits_2_with_the_place(
                                                  "traffic": 5}])  # fmt: skip
     assert main(["report", "--config", str(config)]) == 2
     assert "decisions.jsonl:1.ts: not an ISO 8601 time" in capsys.readouterr().err
+
+
+def test_logs_option_overrides_the_registry_log_dir(
+    simulated: tuple[Path, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, sim = simulated
+    elsewhere = write_registry(tmp_path / "experiments.yaml", registry(Path("no-such-dir")))
+    report = report_json(capsys, elsewhere, "--logs", str(config.parent / "logs"))
+    assert sum(report["run"]["units"].values()) == len(sim.arm)

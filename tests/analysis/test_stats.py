@@ -221,3 +221,20 @@ def test_a_stratum_without_one_arm_is_left_out() -> None:
     result = compare_strata("proportion", [live, rolled_back], 0.05)
     assert result.p_value == compare_proportions(*live, 0.05).p_value
     assert result.control.n == 5_000
+
+
+def test_small_samples_where_the_score_solver_fails_still_get_a_sound_interval() -> None:
+    """statsmodels' score root search fails or warns on many small samples (a small segment);
+    every case must still give an interval around its estimate, and never a warning."""
+    for n_c, n_t in ((10, 10), (16, 55), (30, 24)):
+        for x_c in range(0, n_c + 1, 2):
+            for x_t in range(0, n_t + 1, 3):
+                result = compare_proportions(
+                    ArmStats.of_proportion(n_c, x_c), ArmStats.of_proportion(n_t, x_t), 0.05
+                )
+                if math.isnan(result.p_value):
+                    continue
+                low, high = result.diff_ci
+                assert low <= result.diff <= high, (x_c, n_c, x_t, n_t)
+                low, high = result.lift_ci
+                assert math.isnan(low) or low <= result.lift <= high, (x_c, n_c, x_t, n_t)

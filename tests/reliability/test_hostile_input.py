@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,13 @@ from tests.router.router_process import RouterProcess, start_router
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
 R = ROUTE.encode()
-MAX_BODY = 64 * 1024
+MAX_BODY = 1 << 20  # router.max_body_bytes, the default
+# What aiohttp may log while refusing a request before or after the router's handler: its
+# parser's errors and a body that does not decode. Any other exception is a router bug.
+ALLOWED_EXCEPTIONS = re.compile(
+    r"^aiohttp\.http_exceptions\.\w+$|^aiohttp\.web_protocol\.RequestPayloadError$"
+)
+EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Message|LineTooLong))(?::|$)")
 GOOD = json.loads(BODY)
 
 
@@ -87,7 +94,6 @@ def hostile_router(
     raw = registry(
         [paddle_backends["sentiment-v1"].url],
         [paddle_backends["sentiment-v2"].url],
-        patch={"router": {"max_body_bytes": MAX_BODY}},
     )
     config = write_registry(folder / "experiments.yaml", raw)
     router = start_router(config, folder / "router.log")
@@ -96,11 +102,8 @@ def hostile_router(
     log = router.output()
     # Nothing in the router broke: no worker thread died, no handler raised.
     assert "Exception in thread" not in log
-    # aiohttp logs each request its parser refused; nothing else may have raised.
-    for block in log.split("Error handling request")[1:]:
-        assert "aiohttp.http_exceptions." in block.split("\n\n")[0], block[:2000]
-    for line in log.splitlines():
-        assert "RecursionError" not in line and "UnicodeEncodeError" not in line, line
+    raised = {m.group(1) for m in map(EXCEPTION_LINE.match, log.splitlines()) if m}
+    assert all(ALLOWED_EXCEPTIONS.match(name) for name in raised), raised
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -194,7 +197,7 @@ BAD_BODIES = [
     ("null", b"null"),
     ("number", b"12"),
     ("invalid-utf8", b'{"key": ["\xff\xfe"], "value": ["[[1]]"]}'),
-    ("deep-nesting", b'{"a": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"),
+    ("deep-nesting", b'{"a": ' + b"[" * 30_000 + b"]" * 30_000 + b"}"),
     ("nan-constant", b'{"key": ["x"], "value": ["[[1]]"], "extra": NaN}'),
     ("infinity-constant", b'{"key": ["x"], "value": ["[[1]]"], "logid": Infinity}'),
     ("key-not-list", with_body(key="x")),
@@ -216,7 +219,7 @@ async def test_malformed_bodies_are_400_and_never_reach_a_backend(
     cases = [Case(name, post(body), 400, "bad_body") for name, body in BAD_BODIES]
     await check_and_record(
         table, session, hostile_router, "malformed bodies",
-        "not JSON, empty, truncated, arrays/scalars, invalid UTF-8, 50k-deep nesting, "
+        "not JSON, empty, truncated, arrays/scalars, invalid UTF-8, 30k-deep nesting, "
         "NaN/Infinity, pipeline fields of the wrong type, key/value of different lengths",
         cases,
     )  # fmt: skip
@@ -230,7 +233,7 @@ async def test_sizes_and_encodings(
     chunked = (
         b"POST " + R + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
         b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
-        + b"".join(b"%x\r\n" % 8192 + b"[" * 8192 + b"\r\n" for _ in range(10))
+        + b"".join(b"%x\r\n" % 8192 + b"[" * 8192 + b"\r\n" for _ in range(130))
         + b"0\r\n\r\n"
     )
     cases = [
@@ -238,10 +241,13 @@ async def test_sizes_and_encodings(
         Case("gzip-bomb", post(bomb, (b"Content-Encoding", b"gzip")), 413, "body_too_large"),
         Case("chunked-over-limit", chunked, 413, "body_too_large"),
         Case("bad-gzip", post(b"not gzip", (b"Content-Encoding", b"gzip")), 400, "bad_body"),
-        Case("bad-deflate", post(b"\x00\x01", (b"Content-Encoding", b"deflate")), 400, "bad_body"),
+        Case("bad-deflate", post(b"\x00\x01", (b"Content-Encoding", b"deflate")), 400,
+             json_reply=False),
+        Case("unknown-encoding", post(BODY, (b"Content-Encoding", b"br")), 400,
+             json_reply=False),
         Case(
             "events-over-limit",
-            post(b"[" + b'{"unit_id":"u","metric":"m"},' * 3000 + b"{}]", target=b"/events"),
+            post(b"[" + b'{"unit_id":"u","metric":"m"},' * 40_000 + b"{}]", target=b"/events"),
             413,
             "body_too_large",
         ),
@@ -251,7 +257,7 @@ async def test_sizes_and_encodings(
     await check_and_record(
         table, session, hostile_router, "sizes and encodings",
         "over max_body_bytes (plain, chunked, /events), a 20 MiB gzip bomb, broken gzip/deflate, "
-        "a valid gzip body", cases,
+        "an unsupported encoding, a valid gzip body", cases,
     )  # fmt: skip
 
 
@@ -395,7 +401,8 @@ async def test_unknown_routes_and_methods(
              logged=True),
         Case("unknown-method", bare(b"FOO", R), 400, json_reply=False),
         Case("garbage-line", b"GARBAGE\r\n\r\n", 400, json_reply=False),
-        Case("http-2.0-line", b"GET / HTTP/2.0\r\n\r\n", 400, json_reply=False),
+        Case("http-2.0-line", b"GET /x HTTP/2.0\r\n\r\n", 404, "not_found"),
+        Case("space-in-target", b"GET /a b HTTP/1.1\r\n\r\n", 400, json_reply=False),
     ]  # fmt: skip
     outcome = await check_and_record(
         table, session, hostile_router, "routes and methods",
@@ -427,7 +434,7 @@ BAD_EVENTS: list[tuple[str, bytes]] = [
     ("event-unit-surrogate", b'{"unit_id": "\\udc80", "metric": "m"}'),
     ("event-experiment-path", b'{"unit_id": "u", "metric": "m", "experiment": "../../x"}'),
     ("event-too-many", json.dumps([{"unit_id": "u", "metric": "m"}] * 10_001).encode()),
-    ("event-deep", b"[" * 50_000 + b"]" * 50_000),
+    ("event-deep", b"[" * 30_000 + b"]" * 30_000),
     ("event-half-bad", b'[{"unit_id": "u", "metric": "m"}, {"unit_id": "", "metric": "m"}]'),
 ]
 

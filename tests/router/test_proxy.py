@@ -331,6 +331,9 @@ async def test_shadow_listener_gets_both_answers(
         def shadow_answered(self, experiment: str, variant: str, control: Any, shadow: Any) -> None:
             compared.append((experiment, variant, control, shadow))
 
+        def shadow_dropped(self, experiment: str, variant: str) -> None:
+            raise AssertionError("no copy is dropped here")
+
     raw = registry(
         tmp_path / "logs",
         [url_of(fakes["v1"][1])],
