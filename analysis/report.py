@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
-
-from analysis.aggregates import TRAFFIC_SEGMENT, Aggregates, DataQuality, DayRow, MetricSums
+from analysis.aggregates import Aggregates, DataQuality, MetricSums
 from analysis.arms import ArmLayout
-from analysis.power import Effect, units_per_arm_mean, units_per_arm_proportion
+from analysis.breakdowns import daily_trends, segment_results
+from analysis.planning import always_valid_scale, plan_sample_size, plan_warnings
 from analysis.registry import AnalysisPlan, ExperimentSpec, MetricPlan
 from analysis.results import (
     EXPLORATORY,
@@ -26,25 +24,15 @@ from analysis.results import (
     MetricResult,
     Plan,
     Report,
+    RoledMetric,
     SegmentResult,
-    Trend,
-    TrendPoint,
 )
 from analysis.segments import SegmentLift, sign_warnings
-from analysis.sequential import always_valid_p
 from analysis.srm import expected_counts, srm_test
 from analysis.stats import ArmStats, Comparison, compare, compare_strata, holm
 from analysis.verdict import Evidence, Verdict, decide
 
 DEFAULT_ALPHA = 0.05
-
-
-@dataclass(frozen=True)
-class _Metric:
-    name: str
-    role: str
-    kind: str
-    direction: Optional[str]
 
 
 def build_report(
@@ -68,7 +56,7 @@ def build_report(
     units = {arm: aggregates.arms.get(arm, 0) for arm in layout.names}
     units.update({a: n for a, n in aggregates.arms.items() if a not in units})
 
-    def stats(stratum: float, arm: str, m: _Metric) -> ArmStats:
+    def stats(stratum: float, arm: str, m: RoledMetric) -> ArmStats:
         sums = aggregates.metrics.get((stratum, arm, m.name), MetricSums())
         return sums.as_stats(m.kind, aggregates.units.get((stratum, arm), 0))
 
@@ -89,9 +77,9 @@ def build_report(
         )
         warnings.extend(_pooling_warnings(metrics, treatments, comparisons, aggregates, layout))
     primary = metrics[0] if plan else None
-    planned_units, basis = _planned_units(plan, comparisons, treatments)
-    tau = _tau(plan, comparisons, treatments)
-    trends = _trends(aggregates, metrics, layout.control, treatments, alpha, tau, primary)
+    planned_units, basis = plan_sample_size(plan, comparisons, treatments)
+    tau = always_valid_scale(plan, comparisons, treatments)
+    trends = daily_trends(aggregates, metrics, layout.control, treatments, alpha, tau, primary)
     always_valid = {
         t.arm: t.points[-1].always_valid_p for t in trends if primary and t.metric == primary.name
     }
@@ -103,12 +91,12 @@ def build_report(
                 f"GUARDRAIL {result.metric} got significantly worse for {result.arm}: "
                 f"{result.comparison.diff:+.4g} (p = {result.comparison.p_value:.3g})"
             )
-    _plan_warnings(spec, plan, aggregates, planned_units, units, tau, warnings)
+    plan_warnings(spec, plan, aggregates, planned_units, units, tau, warnings)
     verdicts = tuple(
         _verdict(spec, plan, primary, arm, results, srm.flagged, aggregates, planned_units, harmed)
         for arm in treatments
     )
-    segments = _segments(aggregates, metrics, layout.control, treatments, alpha)
+    segments = segment_results(aggregates, metrics, layout.control, treatments, alpha)
     for metric in metrics:
         if metric.role == EXPLORATORY:
             continue
@@ -154,7 +142,7 @@ def _units_by_stratum(aggregates: Aggregates) -> dict[float, int]:
 
 
 def _pooling_warnings(
-    metrics: Sequence[_Metric],
+    metrics: Sequence[RoledMetric],
     treatments: Sequence[str],
     comparisons: dict[tuple[str, str], Comparison],
     aggregates: Aggregates,
@@ -184,7 +172,7 @@ def _pooling_warnings(
     return out
 
 
-def _pooled(aggregates: Aggregates, arm: str, m: _Metric) -> ArmStats:
+def _pooled(aggregates: Aggregates, arm: str, m: RoledMetric) -> ArmStats:
     units = sum(n for (_, a), n in aggregates.units.items() if a == arm)
     sums = [v for (_, a, metric), v in aggregates.metrics.items() if a == arm and metric == m.name]
     total = MetricSums(
@@ -199,15 +187,15 @@ def _percent(value: float) -> str:
 
 def _metric_roles(
     plan: Optional[AnalysisPlan], aggregates: Aggregates, warnings: list[str]
-) -> list[_Metric]:
+) -> list[RoledMetric]:
     """Registered metrics first (primary, secondary, guardrails), then exploratory ones."""
-    metrics: list[_Metric] = []
+    metrics: list[RoledMetric] = []
     if plan is not None:
         registered: list[tuple[str, MetricPlan]] = [(PRIMARY, plan.primary)]
         registered += [(SECONDARY, m) for m in plan.secondary]
         registered += [(GUARDRAIL, m) for m in plan.guardrails]
         for role, m in registered:
-            metrics.append(_Metric(m.metric, role, m.type, m.direction))
+            metrics.append(RoledMetric(m.metric, role, m.type, m.direction))
             if m.metric not in aggregates.metric_names:
                 warnings.append(
                     f"{role} metric {m.metric!r} has no outcome records after exposure "
@@ -217,12 +205,12 @@ def _metric_roles(
     for name in aggregates.metric_names:
         if name not in known:
             kind = "proportion" if name in aggregates.binary_metrics else "mean"
-            metrics.append(_Metric(name, EXPLORATORY, kind, None))
+            metrics.append(RoledMetric(name, EXPLORATORY, kind, None))
     return metrics
 
 
 def _metric_results(
-    metrics: Sequence[_Metric],
+    metrics: Sequence[RoledMetric],
     treatments: Sequence[str],
     comparisons: dict[tuple[str, str], Comparison],
     always_valid: dict[str, Optional[float]],
@@ -232,7 +220,7 @@ def _metric_results(
     primary_keys = [(m.name, a) for m in metrics if m.role == PRIMARY for a in treatments]
     if len(primary_keys) > 1:  # several treatment arms: the primary is a family too
         adjusted.update(zip(primary_keys, holm([comparisons[k].p_value for k in primary_keys])))
-        valid = holm([always_valid.get(a) or math.nan for _, a in primary_keys])
+        valid = holm([_nan_if_none(always_valid.get(a)) for _, a in primary_keys])
         always_valid = {a: p for (_, a), p in zip(primary_keys, valid)}
     results = []
     for m in metrics:
@@ -255,161 +243,16 @@ def _metric_results(
     return tuple(results)
 
 
+def _nan_if_none(value: Optional[float]) -> float:
+    return math.nan if value is None else value
+
+
 def _worse(diff: float, direction: Optional[str]) -> bool:
     if direction == "increase":
         return diff < 0
     if direction == "decrease":
         return diff > 0
     return diff != 0  # no direction registered: any significant change needs a look
-
-
-def _planned_units(
-    plan: Optional[AnalysisPlan],
-    comparisons: dict[tuple[str, str], Comparison],
-    treatments: Sequence[str],
-) -> tuple[Optional[int], str]:
-    if plan is None:
-        return None, "no pre-registration"
-    primary = plan.primary
-    if primary.mde is None:
-        return None, "no mde registered for the primary metric"
-    comparison = comparisons[(primary.metric, treatments[0])]
-    control, control_mean = comparison.control, comparison.control_mean
-    baseline = primary.baseline
-    source = "registered baseline"
-    if baseline is None:
-        baseline, source = control_mean, "observed control mean (no baseline registered)"
-    if not baseline or math.isnan(baseline):
-        return None, "no baseline: the control arm has no data yet"
-    try:
-        effect = Effect.of(baseline, primary.mde, primary.relative)
-        if primary.type == "proportion":
-            n = units_per_arm_proportion(effect, plan.alpha, plan.power)
-            return n, f"article's formula, baseline {baseline:.4g} ({source}), mde {_mde(primary)}"
-        sd = math.sqrt(control.variance)
-        n = units_per_arm_mean(sd, effect.delta, plan.alpha, plan.power)
-        return n, f"normal approximation, observed control sd {sd:.4g}, mde {_mde(primary)}"
-    except ValueError as exc:
-        return None, f"cannot compute: {exc}"
-
-
-def _mde(metric: MetricPlan) -> str:
-    return f"{metric.mde:g}" + (" relative" if metric.relative else " absolute")
-
-
-def _tau(
-    plan: Optional[AnalysisPlan],
-    comparisons: dict[tuple[str, str], Comparison],
-    treatments: Sequence[str],
-) -> Optional[float]:
-    """The always-valid test's effect scale: the registered mde, made absolute."""
-    if plan is None or plan.primary.mde is None:
-        return None
-    if not plan.primary.relative:
-        return plan.primary.mde
-    baseline = (
-        plan.primary.baseline or comparisons[(plan.primary.metric, treatments[0])].control_mean
-    )
-    if not baseline or math.isnan(baseline):
-        return None
-    return plan.primary.mde * abs(baseline)
-
-
-def _trends(
-    aggregates: Aggregates,
-    metrics: Sequence[_Metric],
-    control: str,
-    treatments: Sequence[str],
-    alpha: float,
-    tau: Optional[float],
-    primary: Optional[_Metric],
-) -> list[Trend]:
-    trends = []
-    for m in metrics:
-        for arm in treatments:
-            series = [
-                (aggregates.daily.get((s, control, m.name)), aggregates.daily.get((s, arm, m.name)))
-                for s in aggregates.strata
-            ]
-            pairs = [(c, t) for c, t in series if c and t]
-            if not pairs:
-                continue
-            points = [
-                _trend_point(m.kind, rows, alpha) for rows in zip(*(zip(c, t) for c, t in pairs))
-            ]
-            if m == primary and tau is not None:
-                running = always_valid_p(
-                    np.array([p.cumulative.diff for p in points]),
-                    np.array([p.cumulative.diff_variance for p in points]),
-                    tau * tau,
-                )
-                points = [
-                    TrendPoint(p.day, p.daily, p.cumulative, float(v))
-                    for p, v in zip(points, running)
-                ]
-            trends.append(Trend(m.name, m.role, m.kind, arm, tuple(points)))
-    return trends
-
-
-def _trend_point(kind: str, day: Sequence[tuple[DayRow, DayRow]], alpha: float) -> TrendPoint:
-    """One day over all strata: `day` holds each stratum's (control, treatment) rows."""
-    daily = [(c.daily.as_stats(kind, c.units), t.daily.as_stats(kind, t.units)) for c, t in day]
-    cumulative = [
-        (c.cumulative.as_stats(kind, c.units), t.cumulative.as_stats(kind, t.units)) for c, t in day
-    ]
-    return TrendPoint(
-        day[0][0].day,
-        compare_strata(kind, daily, alpha),
-        compare_strata(kind, cumulative, alpha),
-    )
-
-
-def _segments(
-    aggregates: Aggregates,
-    metrics: Sequence[_Metric],
-    control: str,
-    treatments: Sequence[str],
-    alpha: float,
-) -> list[SegmentResult]:
-    values: dict[str, set[str]] = {}
-    for attribute, value, _, _ in aggregates.segment_units:
-        values.setdefault(attribute, set()).add(value)
-    # One value (an attribute nobody sent) is no segmentation.
-    values = {attribute: seen for attribute, seen in values.items() if len(seen) > 1}
-
-    def stats(attribute: str, value: str, stratum: float, arm: str, m: _Metric) -> ArmStats:
-        key = (attribute, value, stratum, arm)
-        sums = aggregates.segment_metrics.get((*key, m.name), MetricSums())
-        return sums.as_stats(m.kind, aggregates.segment_units.get(key, 0))
-
-    def whole(stratum: float, arm: str, m: _Metric) -> ArmStats:
-        sums = aggregates.metrics.get((stratum, arm, m.name), MetricSums())
-        return sums.as_stats(m.kind, aggregates.units.get((stratum, arm), 0))
-
-    results = []
-    for attribute in sorted(values):
-        for value in sorted(values[attribute]):
-            for m in metrics:
-                for arm in treatments:
-                    pairs = [
-                        (stats(attribute, value, s, control, m), stats(attribute, value, s, arm, m))
-                        for s in aggregates.strata
-                    ]
-                    comparison = compare_strata(m.kind, pairs, alpha)
-                    results.append(SegmentResult(attribute, value, m.name, m.role, arm, comparison))
-    if len(aggregates.strata) > 1:  # the ramp phases themselves, each compared on its own
-        for stratum in aggregates.strata:
-            for m in metrics:
-                for arm in treatments:
-                    comparison = compare(
-                        m.kind, whole(stratum, control, m), whole(stratum, arm, m), alpha
-                    )
-                    results.append(
-                        SegmentResult(
-                            TRAFFIC_SEGMENT, f"{stratum:g}%", m.name, m.role, arm, comparison
-                        )
-                    )
-    return results
 
 
 def _attributes(segments: Sequence[SegmentResult]) -> list[str]:
@@ -419,7 +262,7 @@ def _attributes(segments: Sequence[SegmentResult]) -> list[str]:
 def _verdict(
     spec: ExperimentSpec,
     plan: Optional[AnalysisPlan],
-    primary: Optional[_Metric],
+    primary: Optional[RoledMetric],
     arm: str,
     results: Sequence[MetricResult],
     srm_flagged: bool,
@@ -463,41 +306,6 @@ def _verdict(
             guardrails_harmed=harmed,
         )
     )
-
-
-def _plan_warnings(
-    spec: ExperimentSpec,
-    plan: Optional[AnalysisPlan],
-    aggregates: Aggregates,
-    planned_units: Optional[int],
-    units: dict[str, int],
-    tau: Optional[float],
-    warnings: list[str],
-) -> None:
-    if plan is None:
-        warnings.append("no pre-registration (`analysis` block): every metric is exploratory")
-        return
-    if aggregates.days_run < plan.min_days:
-        warnings.append(
-            f"the run is {aggregates.days_run:.1f} days, shorter than the registered "
-            f"min_days {plan.min_days}: weekly cycles are not covered yet"
-        )
-    smallest = min(units.get(arm, 0) for arm in spec.arms.names)
-    if planned_units is not None and smallest < planned_units:
-        warnings.append(
-            f"the smallest arm has {smallest:,} units, fewer than the planned {planned_units:,} "
-            "per arm: the test is underpowered for the registered mde"
-        )
-    if tau is None:
-        warnings.append(
-            "the primary metric has no usable mde: no always-valid p-value, so no early stop"
-        )
-    first = aggregates.first_exposure
-    if plan.registered_at is not None and first is not None and plan.registered_at > first.date():
-        warnings.append(
-            f"the plan is dated {plan.registered_at}, after the first exposure "
-            f"({first.date()}): it may have been written after seeing data"
-        )
 
 
 def _quality_warnings(q: DataQuality) -> list[str]:

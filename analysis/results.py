@@ -17,6 +17,16 @@ PRIMARY, SECONDARY, GUARDRAIL, EXPLORATORY = "primary", "secondary", "guardrail"
 
 
 @dataclass(frozen=True)
+class RoledMetric:
+    """A metric with its part in the pre-registration."""
+
+    name: str
+    role: str  # PRIMARY, SECONDARY, GUARDRAIL or EXPLORATORY
+    kind: str  # "proportion" or "mean"
+    direction: Optional[str]
+
+
+@dataclass(frozen=True)
 class MetricResult:
     metric: str
     role: str

@@ -24,7 +24,7 @@ from typing import Callable, Optional
 
 from aiohttp import web
 
-from router import admin
+from router.admin import ROUTE as ADMIN_ROUTE
 from router.admin import AdminAuth, AdminEndpoint
 from router.config import RouterConfig
 from router.events import EventLogs
@@ -130,7 +130,7 @@ def create_app(
     app.router.add_route("*", "/openapi.yaml", get_only(openapi.yaml))
     app.router.add_route("*", "/openapi.json", get_only(openapi.json))
     if runtime is not None:
-        app.router.add_route("*", admin.ROUTE, AdminEndpoint(auth, runtime, metrics).handle)
+        app.router.add_route("*", ADMIN_ROUTE, AdminEndpoint(auth, runtime, metrics).handle)
     # Experiment routes change on reload, and the aiohttp router is frozen once started:
     # everything else goes to the proxy, which looks the path up in the registry in force.
     app.router.add_route("*", "/{path:.*}", handler.handle)

@@ -592,7 +592,8 @@ def bearer_token_ok(authorization: Optional[str], token: Optional[str]) -> bool:
     scheme, _, credentials = authorization.strip().partition(" ")
     if scheme.lower() != "bearer":
         return False
-    given = hashlib.sha256(credentials.strip().encode("utf-8")).digest()
+    # surrogatepass: header bytes that are not UTF-8 arrive as lone surrogates (no match, no 500)
+    given = hashlib.sha256(credentials.strip().encode("utf-8", "surrogatepass")).digest()
     expected = hashlib.sha256(token.encode("utf-8")).digest()
     return hmac.compare_digest(given, expected)
 

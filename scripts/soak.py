@@ -8,7 +8,7 @@ At the end it stops the router with SIGTERM and checks that every answered reque
 Load goes to 127.0.0.1 only and is bounded by rate x minutes.
 
 usage: scripts/soak.py [--minutes 10] [--rate R] [--calibrate-seconds 20] [--concurrency 32]
-                       [--models DIR] [--json FILE]
+                       [--models DIR] [--json FILE] [--keep]
 
 Pass criteria (the exit code): memory growth under 10% from the end of minute 1 to the end,
 no file-descriptor growth (at most 4 more, the jitter of pooled connections), p99 stable (the
@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -181,6 +182,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="most requests in flight")
     parser.add_argument("--models", type=Path, help="folder with sentiment_v1 and sentiment_v2")
     parser.add_argument("--json", type=Path, help="write the figures here as JSON")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
     args = parser.parse_args(argv)
     if args.minutes < 1:
         parser.error("--minutes must be at least 1")
@@ -246,6 +248,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             router.stop()
         for server in servers:
             server.stop()
+        if args.keep:
+            print(f"soak: logs kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import os
 import re
+import secrets
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +50,7 @@ ALLOWED_EXCEPTIONS = re.compile(
 )
 EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Message|LineTooLong))(?::|$)")
 GOOD = json.loads(BODY)
+TOKEN_ENV = "RELIABILITY_HOSTILE_TOKEN"
 
 
 @dataclass(frozen=True)
@@ -95,8 +98,13 @@ def hostile_router(
         [paddle_backends["sentiment-v1"].url],
         [paddle_backends["sentiment-v2"].url],
     )
+    raw["router"]["admin_token_env"] = TOKEN_ENV
     config = write_registry(folder / "experiments.yaml", raw)
-    router = start_router(config, folder / "router.log")
+    os.environ[TOKEN_ENV] = secrets.token_urlsafe(16)
+    try:
+        router = start_router(config, folder / "router.log")
+    finally:
+        del os.environ[TOKEN_ENV]
     yield router, folder / "logs"
     assert router.stop() == 0
     log = router.output()
@@ -348,13 +356,22 @@ async def test_header_injection_attempts(
              backend=1),
         Case("request-id-long", post(BODY, (b"X-Request-Id", b"r" * 1000)), 200, backend=1),
         Case("request-id-space", post(BODY, (b"X-Request-Id", b"a b; rm -rf /")), 200, backend=1),
+        Case("auth-not-utf8-admin", post(b"{}", (b"Authorization", b"Bearer \xff\xfe"),
+             target=b"/admin/experiments/sentiment/pause"), 401, "unauthorized"),
+        Case("auth-not-utf8-override", post(BODY, (b"Authorization", b"Bearer \xdd\xad"),
+             (b"X-Variant-Override", b"treatment")), 403, "override_forbidden"),
+        Case("override-no-token", post(BODY, (b"X-Variant-Override", b"treatment")), 403,
+             "override_forbidden"),
+        Case("override-not-utf8", post(BODY, (b"X-Variant-Override", b"\xff"),
+             (b"Authorization", b"Bearer x")), 403, "override_forbidden"),
         Case("forwarded-host", post(BODY, (b"X-Forwarded-Host", b"evil.example")), 200, backend=1,
              logged=True),
     ]  # fmt: skip
     outcome = await check_and_record(
         table, session, hostile_router, "header injection",
         "CR/LF, bare CR, NUL, obs-fold and non-UTF-8 bytes in a logged attribute, JSON quotes in "
-        "it, path/long/shell-like X-Request-Id", cases,
+        "it, path/long/shell-like X-Request-Id, non-UTF-8 Authorization and X-Variant-Override",
+        cases,
     )  # fmt: skip
     records = {r["request_id"]: r for r in exposures(log_dir)}
     keys = set(records["city-crlf-split"])
