@@ -68,13 +68,36 @@ class Measurement:
     load_before: float = 0.0  # 1-minute load average when the first repeat started
 
 
-def repeated(what: str, command: list[str], repeat: int, note: str) -> tuple[Measurement, str]:
-    load = os.getloadavg()[0]
-    runs = [measure(what, command, note) for _ in range(repeat)]
-    seconds = sorted(m.seconds for m, _ in runs)
-    best = Measurement(what, seconds[0], max(m.peak_mb for m, _ in runs), note,
-                       seconds[len(seconds) // 2], load)  # fmt: skip
-    return best, runs[-1][1]
+@dataclass
+class Run:
+    what: str
+    command: list[str]
+    note: str
+
+
+def round_robin(
+    runs: list[Run], repeat: int, progress: Any
+) -> tuple[list[Measurement], dict[str, str]]:
+    """Each run `repeat` times, interleaved (a, b, c, a, b, c, ...), so that the load other
+    work puts on a shared machine falls on all of them alike. Returns the best time, the
+    median, the largest peak, and each run's last stdout."""
+    seen: dict[str, list[Measurement]] = {run.what: [] for run in runs}
+    loads: dict[str, float] = {}
+    stdout: dict[str, str] = {}
+    for _ in range(repeat):
+        for run in runs:
+            loads.setdefault(run.what, os.getloadavg()[0])
+            measured, stdout[run.what] = measure(run.what, run.command, run.note)
+            seen[run.what].append(measured)
+            progress.update()
+    results = []
+    for run in runs:
+        times = sorted(m.seconds for m in seen[run.what])
+        peak = max(m.peak_mb for m in seen[run.what])
+        results.append(
+            Measurement(run.what, times[0], peak, run.note, times[len(times) // 2], loads[run.what])
+        )
+    return results, stdout
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -236,22 +259,20 @@ def measure(what: str, command: list[str], note: str = "") -> tuple[Measurement,
     return Measurement(what, seconds, usage.ru_maxrss / 1024, note), stdout
 
 
-def report_runs(data: Path, args: argparse.Namespace) -> tuple[list[Measurement], dict[str, Any]]:
+def report_commands(data: Path, args: argparse.Namespace) -> list[Run]:
     python = str(REPO / ".venv" / "bin" / "python")
     base = [python, "-m", "analysis", "report", "--config", str(data / "experiments.yaml")]
     if args.threads:
         base += ["--threads", str(args.threads)]
-    json_run, stdout = repeated("report --json", [*base, "--json"], args.repeat,
-                                "the whole analysis")  # fmt: skip
-    out_dir = data / "report"
-    shutil.rmtree(out_dir, ignore_errors=True)
-    out_run, _ = repeated("report --out", [*base, "--out", str(out_dir)], args.repeat,
-                          "plus Markdown, HTML and PNG plots")  # fmt: skip
-    return [json_run, out_run], json.loads(stdout)
+    return [
+        Run("report --json", [*base, "--json"], "the whole analysis"),
+        Run("report --out", [*base, "--out", str(data / "report")],
+            "plus Markdown, HTML and PNG plots"),
+    ]  # fmt: skip
 
 
-def engine_runs(data: Path, args: argparse.Namespace) -> list[Measurement]:
-    results = []
+def engine_commands(data: Path, args: argparse.Namespace) -> list[Run]:
+    runs = []
     for engine in args.engines:
         python = str(REPO / ".venv" / "bin" / "python")
         if engine == "polars":
@@ -263,10 +284,8 @@ def engine_runs(data: Path, args: argparse.Namespace) -> list[Measurement]:
                    "--data", str(data)]  # fmt: skip
         if args.threads:
             command += ["--threads", str(args.threads)]
-        measured, stdout = repeated(f"core in {engine}", command, args.repeat, stdout_note(engine))
-        measured.note += f"; {stdout.strip()}"
-        results.append(measured)
-    return results
+        runs.append(Run(f"core in {engine}", command, stdout_note(engine)))
+    return runs
 
 
 def stdout_note(engine: str) -> str:
@@ -440,14 +459,13 @@ def main() -> int:
 
     from tqdm import tqdm
 
-    measurements: list[Measurement] = []
-    with tqdm(total=2 + len(args.engines), desc="benchmark", unit="step") as progress:
-        runs, report = report_runs(data, args)
-        measurements += runs
-        progress.update(2)
-        for measured in engine_runs(data, args):
-            measurements.append(measured)
-            progress.update()
+    runs = report_commands(data, args) + engine_commands(data, args)
+    with tqdm(total=len(runs) * args.repeat, desc="benchmark", unit="run") as progress:
+        measurements, stdout = round_robin(runs, args.repeat, progress)
+    for measured in measurements:
+        if measured.what.startswith("core in"):
+            measured.note += f"; {stdout[measured.what].strip()}"
+    report = json.loads(stdout["report --json"])
     print()
     print(table(measurements))
     print()

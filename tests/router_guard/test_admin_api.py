@@ -170,3 +170,26 @@ async def test_override_serves_the_arm_unenrolled_and_only_with_the_token(
     assert overridden["override"] is True and overridden["enrolled"] is False
     assert overridden["assigned"] == overridden["served"] == "treatment"
     assert "override" not in normal and normal["enrolled"] is True
+
+
+async def test_a_state_dir_that_cannot_be_used_holds_the_experiment_rolled_back(
+    aiohttp_client: Any, tmp_path: Path, fakes: Fakes
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    raw = guarded_registry(
+        tmp_path,
+        url_of(fakes["v1"][1]),
+        url_of(fakes["v2"][1]),
+        {"router": {"state_dir": str(blocker / "state")}},
+    )
+    guarded = await start_guarded(aiohttp_client, tmp_path, raw)
+    state = await guarded.state()
+    # The state may have been a rollback: hold users on control until someone looks.
+    assert (state["status"], state["traffic"]) == ("rolled_back", 0)
+    assert "unreadable" in state["reason"]
+    reply = await guarded.admin("resume", headers=AUTH, json={"reason": "looked at it"})
+    body = await reply.json()
+    # In force, but not on disk: the answer says so.
+    assert reply.status == 200 and body["saved"] is False
+    assert body["experiment"]["status"] == "running" and body["experiment"]["traffic"] == 50
