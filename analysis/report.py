@@ -97,21 +97,7 @@ def build_report(
         for arm in treatments
     )
     segments = segment_results(aggregates, metrics, layout.control, treatments, alpha)
-    for metric in metrics:
-        if metric.role == EXPLORATORY:
-            continue
-        for arm in treatments:
-            total = comparisons[(metric.name, arm)]
-            for attribute in _attributes(segments):
-                lifts = [
-                    SegmentLift(s.value, s.comparison.diff, s.comparison.p_value)
-                    for s in segments
-                    if s.attribute == attribute and s.metric == metric.name and s.arm == arm
-                ]
-                label = metric.name if len(treatments) == 1 else f"{metric.name} ({arm})"
-                warnings.extend(
-                    sign_warnings(attribute, label, total.diff, total.p_value, lifts, alpha)
-                )
+    warnings.extend(_segment_warnings(metrics, treatments, comparisons, segments, alpha))
     warnings.extend(_quality_warnings(aggregates.quality))
     return Report(
         experiment=spec.name,
@@ -255,8 +241,30 @@ def _worse(diff: float, direction: Optional[str]) -> bool:
     return diff != 0  # no direction registered: any significant change needs a look
 
 
-def _attributes(segments: Sequence[SegmentResult]) -> list[str]:
-    return list(dict.fromkeys(s.attribute for s in segments))
+def _segment_warnings(
+    metrics: Sequence[RoledMetric],
+    treatments: Sequence[str],
+    comparisons: dict[tuple[str, str], Comparison],
+    segments: Sequence[SegmentResult],
+    alpha: float,
+) -> list[str]:
+    """Registered metrics whose segments disagree in sign with their total."""
+    attributes = list(dict.fromkeys(s.attribute for s in segments))
+    out = []
+    for metric in metrics:
+        if metric.role == EXPLORATORY:
+            continue
+        for arm in treatments:
+            total = comparisons[(metric.name, arm)]
+            label = metric.name if len(treatments) == 1 else f"{metric.name} ({arm})"
+            for attribute in attributes:
+                lifts = [
+                    SegmentLift(s.value, s.comparison.diff, s.comparison.p_value)
+                    for s in segments
+                    if s.attribute == attribute and s.metric == metric.name and s.arm == arm
+                ]
+                out += sign_warnings(attribute, label, total.diff, total.p_value, lifts, alpha)
+    return out
 
 
 def _verdict(
