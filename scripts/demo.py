@@ -48,6 +48,7 @@ EXPERIMENT = "sentiment"
 CITIES = (("beijing", 0.35), ("shanghai", 0.30), ("shenzhen", 0.20), ("chengdu", 0.15))
 DEVICES = (("android", 0.5), ("ios", 0.4), ("web", 0.1))
 ADMIN_TOKEN = "demo-admin-token"
+COMPLAINT_RATE = 0.05  # chance that a wrong answer makes the user complain
 
 
 @dataclass(frozen=True)
@@ -167,9 +168,18 @@ class Traffic:
             if not converted and rng.random() < self.base_rate + self.bonus * correct:
                 converted = True
                 tally.conversions += 1
-                event = {"unit_id": user.unit, "metric": "conversion", "value": 1}
-                async with session.post(self.router_url + "/events", json=event) as reply:
-                    reply.raise_for_status()
+                await self._send(session, [
+                    {"unit_id": user.unit, "metric": "conversion", "value": 1},
+                    {"unit_id": user.unit, "metric": "revenue", "value": round(rng.uniform(5, 50), 2)},
+                ])  # fmt: skip
+            elif not correct and rng.random() < COMPLAINT_RATE:
+                await self._send(
+                    session, [{"unit_id": user.unit, "metric": "complaint", "value": 1}]
+                )
+
+    async def _send(self, session: aiohttp.ClientSession, events: list[dict[str, Any]]) -> None:
+        async with session.post(self.router_url + "/events", json=events) as reply:
+            reply.raise_for_status()
 
 
 def prepare_registry(run_dir: Path, models: Path) -> tuple[Path, dict[str, Any]]:
