@@ -66,6 +66,9 @@ class Measurement:
     note: str = ""
     median_seconds: float = 0.0
     load_before: float = 0.0  # 1-minute load average when the first repeat started
+    # CPU seconds (user + system) of the fastest repeat: steadier than wall time on a shared
+    # machine, since other people's work does not add to it.
+    cpu_seconds: float = 0.0
 
 
 @dataclass
@@ -92,11 +95,15 @@ def round_robin(
             progress.update()
     results = []
     for run in runs:
-        times = sorted(m.seconds for m in seen[run.what])
-        peak = max(m.peak_mb for m in seen[run.what])
+        ordered = sorted(seen[run.what], key=lambda m: m.seconds)
+        best = ordered[0]
         results.append(
-            Measurement(run.what, times[0], peak, run.note, times[len(times) // 2], loads[run.what])
-        )
+            Measurement(
+                run.what, best.seconds, max(m.peak_mb for m in ordered), run.note,
+                ordered[len(ordered) // 2].seconds, loads[run.what],
+                min(m.cpu_seconds for m in ordered),
+            )
+        )  # fmt: skip
     return results, stdout
 
 
@@ -256,7 +263,9 @@ def measure(what: str, command: list[str], note: str = "") -> tuple[Measurement,
         stdout = out.read().decode()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{what}: exited with {os.waitstatus_to_exitcode(status)}: {command}")
-    return Measurement(what, seconds, usage.ru_maxrss / 1024, note), stdout
+    measured = Measurement(what, seconds, usage.ru_maxrss / 1024, note)
+    measured.cpu_seconds = usage.ru_utime + usage.ru_stime
+    return measured, stdout
 
 
 def report_commands(data: Path, args: argparse.Namespace) -> list[Run]:
@@ -415,11 +424,13 @@ def _polars_core(exposures: list[str], outcomes: list[str]) -> dict[str, int]:
 
 
 def table(rows: list[Measurement]) -> str:
-    lines = [f"{'run':<16} {'best s':>7} {'median s':>8} {'peak MB':>8} {'load':>5}  note",
-             "-" * 100]  # fmt: skip
+    lines = [
+        f"{'run':<16} {'best s':>7} {'median s':>8} {'cpu s':>6} {'peak MB':>8} {'load':>5}  note",
+        "-" * 100,
+    ]
     lines += [
-        f"{r.what:<16} {r.seconds:>7.1f} {r.median_seconds:>8.1f} {r.peak_mb:>8.0f} "
-        f"{r.load_before:>5.1f}  {r.note}"
+        f"{r.what:<16} {r.seconds:>7.1f} {r.median_seconds:>8.1f} {r.cpu_seconds:>6.1f} "
+        f"{r.peak_mb:>8.0f} {r.load_before:>5.1f}  {r.note}"
         for r in rows
     ]
     return "\n".join(lines)
