@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,7 +24,7 @@ from analysis.power import (
 from analysis.registry import RegistryError, load_registry
 from analysis.report import build_report
 from analysis.results import Report
-from analysis.traffic_history import DecisionError, traffic_history
+from analysis.traffic_history import DecisionError, TrafficPeriod, traffic_history
 
 
 class UsageError(Exception):
@@ -105,12 +106,13 @@ def _report(args: argparse.Namespace) -> int:
             f"decision log: {decisions.unreadable} line(s) skipped "
             f"({decisions.truncated_last_lines} incomplete last line(s))"
         )
-    if len(history) > 1:
+    during = _periods_during(history, aggregates.first_exposure)
+    if len(during) > 1:
         notes.append(
             "traffic over time (decisions.jsonl): "
             + ", ".join(
                 f"{p.traffic:g}%" + ("" if i == 0 else f" from {p.since:%Y-%m-%d %H:%M}")
-                for i, p in enumerate(history)
+                for i, p in enumerate(during)
             )
         )
     report = build_report(spec, aggregates, extra_quality_notes=notes)
@@ -125,6 +127,16 @@ def _report(args: argparse.Namespace) -> int:
 
         print(to_text(build_document(report, full=False)), end="")
     return 0
+
+
+def _periods_during(
+    history: Sequence[TrafficPeriod], first_exposure: Optional[datetime]
+) -> list[TrafficPeriod]:
+    """The traffic periods from the one in force at the first exposure on."""
+    if first_exposure is None:
+        return list(history)
+    started = [i for i, p in enumerate(history) if p.since <= first_exposure]
+    return list(history[started[-1] if started else 0 :])
 
 
 def write_report_files(report: Report, out: Path) -> list[Path]:

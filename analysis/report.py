@@ -147,7 +147,11 @@ def _pooling_warnings(
                 _pooled(aggregates, arm, m),
                 fair.alpha,
             )
-            flips = pooled.diff * fair.diff < 0 or pooled.significant != fair.significant
+            # Two readings of noise that differ in sign are still noise.
+            either = pooled.significant or fair.significant
+            flips = either and (
+                pooled.diff * fair.diff < 0 or pooled.significant != fair.significant
+            )
             if flips and not math.isnan(pooled.p_value):
                 out.append(
                     f"{m.name}: pooled over the ramp phases, {arm} would read "
