@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from aiohttp.test_utils import TestServer
 
-from tests.router.fakes import FakePipeline, start_fake, url_of
+from tests.router.fakes import url_of
 from tests.router.harness import exposures, metric, unit_in
+from tests.router_guard.conftest import Fakes
 from tests.router_guard.inprocess import (
     AUTH,
     TOKEN,
@@ -21,16 +20,6 @@ from tests.router_guard.inprocess import (
 )
 
 pytestmark = pytest.mark.asyncio
-
-Fakes = dict[str, tuple[FakePipeline, TestServer]]
-
-
-@pytest_asyncio.fixture
-async def fakes() -> AsyncIterator[Fakes]:
-    started = {name: await start_fake(name) for name in ("v1", "v2")}
-    yield started
-    for _, server in started.values():
-        await server.close()
 
 
 @pytest_asyncio.fixture

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
@@ -19,8 +17,9 @@ import router.handler
 from router.config import parse_config
 from router.events import JsonlWriter, single_file
 from router.guard_runtime import GuardRuntime, GuardSetup
-from tests.router.fakes import FakePipeline, start_fake, url_of
+from tests.router.fakes import url_of
 from tests.router.harness import metric, unit_in
+from tests.router_guard.conftest import Fakes
 from tests.router_guard.inprocess import (
     AUTH,
     FAST_SLO,
@@ -33,16 +32,6 @@ from tests.router_guard.inprocess import (
 )
 
 pytestmark = pytest.mark.asyncio
-
-Fakes = dict[str, tuple[FakePipeline, TestServer]]
-
-
-@pytest_asyncio.fixture
-async def fakes() -> AsyncIterator[Fakes]:
-    started = {name: await start_fake(name) for name in ("v1", "v2")}
-    yield started
-    for _, server in started.values():
-        await server.close()
 
 
 def urls(fakes: Fakes) -> tuple[str, str]:
