@@ -1,6 +1,6 @@
 """`create_app(config)`: the router as an aiohttp Application.
 
-Everything that needs a running loop or holds a resource (the client session, the prober, the
+Everything that needs a running loop or holds a resource (the connection pool, the prober, the
 log writer threads, the file watch) is opened in a `cleanup_ctx` generator and closed after its
 `yield`, in reverse order: the logs close last, after the last request has been logged.
 
@@ -42,7 +42,7 @@ from router.live import LiveRegistry
 from router.metrics import RouterMetrics
 from router.openapi import OpenApiDocument
 from router.outcomes import OutcomeEndpoint
-from router.proxy import Upstreams, make_session
+from router.proxy import Upstreams, make_pool
 from router.reload import ConfigReloader
 from router.views import StatusViews, get_only
 
@@ -61,6 +61,8 @@ SHADOW_LISTENER = web.AppKey[Optional[ShadowListener]]("shadow_listener")
 # The running SLO guard, None without one (create_app(..., guard=None)).
 GUARD = web.AppKey[Optional[GuardRuntime]]("guard")
 ADMIN_AUTH = web.AppKey("admin_auth", AdminAuth)
+# The request path, for servers that parse requests themselves (router.fastpath).
+PROXY = web.AppKey("proxy", ProxyHandler)
 
 
 def create_app(
@@ -119,6 +121,7 @@ def create_app(
     )
 
     handler = ProxyHandler(live, upstreams, metrics, logs, auth)
+    app[PROXY] = handler
     views = StatusViews(live, _Deferred(app), metrics)
     outcomes = OutcomeEndpoint(logs.outcomes, live)
     app.router.add_route("*", "/events", outcomes.handle)
@@ -194,8 +197,8 @@ def _hooks(
 
 def _backends(upstreams: Upstreams, handler: ProxyHandler) -> CleanupContext:
     async def context(app: web.Application) -> AsyncIterator[None]:
-        session = make_session(app[LIVE].config().router)
-        upstreams.attach(session)
+        pool = make_pool(app[LIVE].config().router)
+        upstreams.attach(pool)
         prober = asyncio.ensure_future(upstreams.probe_forever())
         yield
         prober.cancel()
@@ -203,7 +206,7 @@ def _backends(upstreams: Upstreams, handler: ProxyHandler) -> CleanupContext:
             await prober
         await handler.close()
         upstreams.attach(None)
-        await session.close()
+        await pool.close()
 
     return context
 

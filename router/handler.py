@@ -1,5 +1,10 @@
 """The request path: assign, forward unchanged, fall back, answer, log the exposure, count.
 
+`ProxyHandler.forward` takes a ProxyRequest and gives a ProxyAnswer, whichever HTTP server
+parsed the request: the fast path (router.fastpath) for POSTs to experiment routes, aiohttp
+(`ProxyHandler.handle`) for the rest and in in-process tests. Counting and the exposure record
+run just after the answer is written (`loop.call_soon`), off the user's latency.
+
 Per request: find the experiment by path, read the unit id, assign an arm, POST the body as
 received to that arm's backend. If the treatment fails and the experiment falls back to control,
 the user gets control's answer marked `fallback: true` while the failure still counts against
@@ -18,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -37,11 +43,30 @@ from router.intake import BODY_ERRORS, parse_json, pipeline_problem, request_id_
 from router.live import LiveRegistry, Snapshot
 from router.metrics import RouterMetrics
 from router.proxy import BackendFailure, BackendReply, Upstreams
-from router.responses import JSON, error_response, method_not_allowed
+from router.responses import JSON, error_body
 from router.units import BadUnit, logged_unit, unit_of
 
 MAX_SHADOW_IN_FLIGHT = 64
+# One encoder: `json.dumps(..., separators=...)` would build a new one per call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 OVERRIDE_HEADER = "X-Variant-Override"
+
+
+@dataclass(frozen=True)
+class ProxyRequest:
+    """What the proxy needs of a request; `headers` look names up case-insensitively."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class ProxyAnswer:
+    status: int
+    headers: Mapping[str, str]  # Content-Type included
+    body: bytes
 
 
 @dataclass
@@ -83,31 +108,50 @@ class ProxyHandler:
         self._shadow_listener = shadow_listener
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        """The aiohttp route: everything the fast path does not answer itself."""
+        if self._live.current.routes.get(request.path) is not None and request.method == "POST":
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                limit = self._live.current.config.router.max_body_bytes
+                return _response(
+                    self.refuse(413, "body_too_large", f"request body over {limit} bytes")
+                )
+            except BODY_ERRORS as exc:  # e.g. a Content-Encoding that does not decode
+                return _response(
+                    self.refuse(400, "bad_body", f"request body cannot be read: {exc}")
+                )
+        else:
+            body = b""
+        answer = await self.forward(
+            ProxyRequest(request.method, request.path, request.headers, body)
+        )
+        return _response(answer)
+
+    async def forward(self, request: ProxyRequest) -> ProxyAnswer:
         started = time.perf_counter()
         snapshot = self._live.current
         path = request.path
         name = snapshot.routes.get(path)
         if name is None:
-            return self._refuse(404, "not_found", f"no experiment or endpoint at {path}")
+            return self.refuse(404, "not_found", f"no experiment or endpoint at {path}")
         if request.method != "POST":
-            self._metrics.http_errors.labels("method_not_allowed").inc()
-            return method_not_allowed(request.method, ["POST"])
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            limit = snapshot.config.router.max_body_bytes
-            return self._refuse(413, "body_too_large", f"request body over {limit} bytes")
-        except BODY_ERRORS as exc:  # e.g. a Content-Encoding that does not decode
-            return self._refuse(400, "bad_body", f"request body cannot be read: {exc}")
+            return self.refuse(
+                405,
+                "method_not_allowed",
+                f"{request.method} is not allowed here; use POST",
+                {"Allow": "POST"},
+            )
+        body = request.body
         try:
             payload = parse_json(body)
         except BODY_ERRORS:
-            return self._refuse(400, "bad_body", "request body is not JSON")
+            return self.refuse(400, "bad_body", "request body is not JSON")
         if not isinstance(payload, dict):
-            return self._refuse(400, "bad_body", "request body must be a JSON object")
+            return self.refuse(400, "bad_body", "request body must be a JSON object")
         problem = pipeline_problem(payload)
         if problem is not None:
-            return self._refuse(400, "bad_body", problem)
+            return self.refuse(400, "bad_body", problem)
 
         settings = snapshot.config.router
         experiment = snapshot.config.experiments[name]
@@ -115,13 +159,13 @@ class ProxyHandler:
         try:
             unit = unit_of(request.headers, payload, settings.unit_id)
         except BadUnit as exc:
-            return self._refuse(400, "bad_unit", str(exc))
+            return self.refuse(400, "bad_unit", str(exc))
         wanted = request.headers.get(OVERRIDE_HEADER)
         if wanted is None:
             assignment = plan.assign(unit, self._traffic.effective_traffic(name))
         else:
             overridden = self._override(request, plan, wanted)
-            if isinstance(overridden, web.Response):
+            if isinstance(overridden, ProxyAnswer):
                 return overridden
             assignment = overridden
         content_type = request.headers.get("Content-Type") or JSON
@@ -152,56 +196,78 @@ class ProxyHandler:
             "fallback": outcome.fallback,
         }
         if outcome.reply is not None:
-            status = 200
-            response: web.Response = web.Response(
-                body=_with_experiment(outcome.reply, info),
-                headers={
+            answer = ProxyAnswer(
+                200,
+                {
                     "Content-Type": JSON,
                     "X-Experiment": name,
                     "X-Variant": assigned.name,
                     "X-Model-Version": outcome.reply.version,
                     "X-Request-Id": request_id,
                 },
+                _with_experiment(outcome.reply, info),
             )
         else:
             last = outcome.failures[-1]
             status = 504 if last.kind == "timeout" else 502
-            response = error_response(
+            answer = ProxyAnswer(
                 status,
-                "backend_timeout" if status == 504 else "backend_unavailable",
-                "no variant could answer: " + "; ".join(str(f) for f in outcome.failures),
-                headers={
+                {
+                    "Content-Type": JSON,
                     "X-Experiment": name,
                     "X-Variant": assigned.name,
                     "X-Request-Id": request_id,
                 },
-                request_id=request_id,
-                experiment=info,
+                error_body(
+                    "backend_timeout" if status == 504 else "backend_unavailable",
+                    "no variant could answer: " + "; ".join(str(f) for f in outcome.failures),
+                    request_id=request_id,
+                    experiment=info,
+                ),
             )
-
-        latency_s = time.perf_counter() - started
-        self._account(name, assigned, outcome, latency_s)
-        self._log_exposure(
-            request,
+        # After the answer is on its way: the user does not wait for the bookkeeping.
+        asyncio.get_running_loop().call_soon(
+            self._record,
+            request.headers,
             snapshot,
             name,
             unit,
             assignment,
             assigned,
             outcome,
-            status,
-            latency_s,
+            answer.status,
+            time.perf_counter() - started,
             request_id,
-            overridden=wanted is not None,
+            wanted is not None,
         )
-        return response
+        return answer
+
+    def _record(
+        self,
+        headers: Mapping[str, str],
+        snapshot: Snapshot,
+        experiment: str,
+        unit: Optional[str],
+        assignment: Assignment,
+        assigned: Arm,
+        outcome: _Outcome,
+        status: int,
+        latency_s: float,
+        request_id: str,
+        overridden: bool,
+    ) -> None:
+        self._account(experiment, assigned, outcome, latency_s)
+        self._log_exposure(
+            headers, snapshot, experiment, unit, assignment, assigned, outcome, status,
+            latency_s, request_id, overridden=overridden,
+        )  # fmt: skip
 
     def _override(
-        self, request: web.Request, plan: ExperimentPlan, wanted: str
-    ) -> Union[Assignment, web.Response]:
+        self, request: ProxyRequest, plan: ExperimentPlan, wanted: str
+    ) -> Union[Assignment, ProxyAnswer]:
         """The arm `X-Variant-Override` asks for (never enrolled), or the refusal."""
         if not self._auth.allows(request.headers.get("Authorization")):
-            return self._refuse(
+            return self.refuse(
                 403,
                 "override_forbidden",
                 f"{OVERRIDE_HEADER} needs the admin token (Authorization: Bearer <token>)",
@@ -210,7 +276,7 @@ class ProxyHandler:
         arm = next((a for a in arms if a.name == wanted.strip()), None)
         if arm is None:
             known = ", ".join(a.name for a in arms)
-            return self._refuse(
+            return self.refuse(
                 400, "bad_override", f"{OVERRIDE_HEADER}: no arm {wanted!r} here (arms: {known})"
             )
         return Assignment(arm, enrolled=False, bucket=None, is_control=arm is plan.control)
@@ -304,9 +370,14 @@ class ProxyHandler:
         if self._shadows:
             await asyncio.gather(*self._shadows, return_exceptions=True)
 
-    def _refuse(self, status: int, code: str, message: str) -> web.Response:
+    def refuse(
+        self, status: int, code: str, message: str, headers: Optional[Mapping[str, str]] = None
+    ) -> ProxyAnswer:
+        """The router's own error answer, counted in `router_http_errors` by code."""
         self._metrics.http_errors.labels(code).inc()
-        return error_response(status, code, message)
+        return ProxyAnswer(
+            status, {"Content-Type": JSON, **(headers or {})}, error_body(code, message)
+        )
 
     def _account(self, experiment: str, assigned: Arm, outcome: _Outcome, latency_s: float) -> None:
         metrics = self._metrics
@@ -322,7 +393,7 @@ class ProxyHandler:
 
     def _log_exposure(
         self,
-        request: web.Request,
+        headers: Mapping[str, str],
         snapshot: Snapshot,
         experiment: str,
         unit: Optional[str],
@@ -353,17 +424,21 @@ class ProxyHandler:
         if overridden:
             record["override"] = True
         for field, header in settings.attributes.items():
-            record[field] = request.headers.get(header)
+            record[field] = headers.get(header)
         self._logs.exposures.write(record)
+
+
+def _response(answer: ProxyAnswer) -> web.Response:
+    return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
 
 
 def _with_experiment(reply: BackendReply, info: dict[str, Any]) -> bytes:
     """The backend's JSON with `"experiment": info` added, its own bytes otherwise untouched."""
-    encoded = json.dumps(info, separators=(",", ":")).encode()
+    encoded = _COMPACT.encode(info).encode()
     if reply.payload and "experiment" not in reply.payload:
         body = reply.body.rstrip()
         if body.endswith(b"}"):
             return body[:-1] + b',"experiment":' + encoded + b"}"
     merged = dict(reply.payload)
     merged["experiment"] = info
-    return json.dumps(merged, separators=(",", ":")).encode()
+    return _COMPACT.encode(merged).encode()

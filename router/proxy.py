@@ -1,4 +1,4 @@
-"""The backend client: one shared ClientSession, round-robin endpoints, ejection and probing.
+"""Calling backends: one shared connection pool, round-robin endpoints, ejection and probing.
 
 A backend is one model version behind one or more Paddle Serving pipeline endpoints. An endpoint
 that fails `eject_after` times in a row at the transport level (refused, timeout, HTTP 5xx,
@@ -14,15 +14,19 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
-import aiohttp
-from yarl import URL
-
+from router.backend_http import (
+    BackendHttpError,
+    BackendHttpTimeout,
+    ConnectionPool,
+    HttpReply,
+    Origin,
+    request_head,
+)
 from router.config import BackendConfig, RouterSettings
 from router.metrics import RouterMetrics
 
@@ -71,16 +75,21 @@ class EndpointState:
     failures: int = 0
     next_probe_at: float = 0.0
     probing: bool = False
-    _urls: dict[str, URL] = field(default_factory=dict, repr=False)
+    origin: Origin = field(init=False, repr=False)
+    _heads: dict[tuple[str, str, Optional[str]], bytes] = field(default_factory=dict, repr=False)
 
-    def url_for(self, path: str) -> URL:
-        """The parsed URL of `path` on this endpoint (parsing a URL per request is not free)."""
-        url = self._urls.get(path)
-        if url is None:
-            if len(self._urls) > 1024:  # paths come from the registry; this only bounds it
-                self._urls.clear()
-            url = self._urls[path] = URL(self.url + path)
-        return url
+    def __post_init__(self) -> None:
+        self.origin = Origin.parse(self.url)
+
+    def head(self, method: str, path: str, content_type: Optional[str]) -> bytes:
+        """The request head for `path` here (built once: paths come from the registry)."""
+        key = (method, path, content_type)
+        head = self._heads.get(key)
+        if head is None:
+            if len(self._heads) > 1024:  # content types come from clients; this bounds them
+                self._heads.clear()
+            head = self._heads[key] = request_head(self.origin, method, path, content_type)
+        return head
 
 
 @dataclass
@@ -88,7 +97,7 @@ class BackendRuntime:
     name: str
     config: BackendConfig
     endpoints: list[EndpointState]
-    timeout: aiohttp.ClientTimeout
+    timeout_s: float
     cursor: int = 0
     # The last request this backend answered well: replayed to probe an ejected endpoint.
     last_good: Optional[tuple[str, bytes, str]] = field(default=None, repr=False)
@@ -107,18 +116,13 @@ class BackendRuntime:
         return any(endpoint.up for endpoint in self.endpoints)
 
 
-def make_session(settings: RouterSettings) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(
+def make_pool(settings: RouterSettings) -> ConnectionPool:
+    """The router's one connection pool (needs a running loop); timeouts come with each call."""
+    return ConnectionPool(
         limit=settings.max_connections,
-        limit_per_host=settings.max_connections_per_endpoint,
-        keepalive_timeout=30,
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        # Per-backend timeouts are passed with each call; this only bounds stray calls.
-        timeout=aiohttp.ClientTimeout(total=60, sock_connect=5),
-        auto_decompress=False,
-        skip_auto_headers=("User-Agent",),
+        limit_per_origin=settings.max_connections_per_endpoint,
+        keepalive_s=30.0,
+        connect_timeout_s=5.0,
     )
 
 
@@ -126,7 +130,7 @@ class Upstreams:
     """Calls backends; owns endpoint health and the prober."""
 
     def __init__(self, metrics: RouterMetrics) -> None:
-        self._session: Optional[aiohttp.ClientSession] = None
+        self._pool: Optional[ConnectionPool] = None
         self._metrics = metrics
         self._endpoints: dict[tuple[str, str], EndpointState] = {}
         self.current: dict[str, BackendRuntime] = {}
@@ -152,21 +156,29 @@ class Upstreams:
                 name=name,
                 config=config,
                 endpoints=[endpoints[(name, url)] for url in config.endpoints],
-                timeout=aiohttp.ClientTimeout(total=config.timeout_ms / 1000),
+                timeout_s=config.timeout_ms / 1000,
                 last_good=previous.last_good if previous is not None else None,
             )
         self.current = runtimes
         return runtimes
 
-    def attach(self, session: Optional[aiohttp.ClientSession]) -> None:
-        """The shared session, opened and closed by the app (it needs a running loop)."""
-        self._session = session
+    def attach(self, pool: Optional[ConnectionPool]) -> None:
+        """The shared pool, opened and closed by the app (it needs a running loop)."""
+        self._pool = pool
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    async def _request(
+        self,
+        backend: BackendRuntime,
+        endpoint: EndpointState,
+        method: str,
+        path: str,
+        body: bytes,
+        content_type: Optional[str],
+    ) -> HttpReply:
+        if self._pool is None:
             raise RuntimeError("Upstreams used before the app started")
-        return self._session
+        head = endpoint.head(method, path, content_type)
+        return await self._pool.request(endpoint.origin, head, body, backend.timeout_s)
 
     async def call(
         self, backend: BackendRuntime, path: str, body: bytes, content_type: str
@@ -210,15 +222,10 @@ class Upstreams:
         target_path = backend.config.path or path
         started = time.perf_counter()
         try:
-            async with self.session.post(
-                endpoint.url_for(target_path),
-                data=body,
-                headers={"Content-Type": content_type},
-                timeout=backend.timeout,
-            ) as response:
-                raw = await response.read()
-                status = response.status
-        except asyncio.TimeoutError:
+            status, raw = await self._request(
+                backend, endpoint, "POST", target_path, body, content_type
+            )
+        except BackendHttpTimeout:
             raise self._transport_failure(
                 backend,
                 endpoint,
@@ -226,10 +233,8 @@ class Upstreams:
                 f"no answer in {backend.config.timeout_ms} ms",
                 started,
             ) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise self._transport_failure(
-                backend, endpoint, "error", _describe(exc), started
-            ) from None
+        except BackendHttpError as exc:
+            raise self._transport_failure(backend, endpoint, "error", str(exc), started) from None
         if status >= 500:
             raise self._transport_failure(backend, endpoint, "error", f"HTTP {status}", started)
         try:
@@ -314,36 +319,14 @@ class Upstreams:
         """Replay the last good request; without one, any HTTP answer below 500 will do."""
         try:
             if backend.last_good is None:
-                async with self.session.get(
-                    endpoint.url + "/", timeout=backend.timeout
-                ) as response:
-                    return response.status < 500
+                status, _ = await self._request(backend, endpoint, "GET", "/", b"", None)
+                return status < 500
             path, body, content_type = backend.last_good
-            async with self.session.post(
-                endpoint.url + path,
-                data=body,
-                headers={"Content-Type": content_type},
-                timeout=backend.timeout,
-            ) as response:
-                payload = json.loads(await response.read())
-                return (
-                    response.status == 200
-                    and isinstance(payload, dict)
-                    and payload.get("err_no", 0) == 0
-                )
-        except (asyncio.TimeoutError, aiohttp.ClientError, OSError, ValueError):
+            status, raw = await self._request(backend, endpoint, "POST", path, body, content_type)
+            payload = json.loads(raw)
+        except (BackendHttpError, ValueError):
             return False
+        return status == 200 and isinstance(payload, dict) and payload.get("err_no", 0) == 0
 
     def _endpoint_samples(self) -> list[tuple[tuple[str, str], float]]:
         return [((e.backend, e.url), 1.0 if e.up else 0.0) for e in self._endpoints.values()]
-
-
-def _describe(exc: BaseException) -> str:
-    """A short reason for the logs: `connection refused`, not a page of repr."""
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        errno = exc.os_error.errno
-        return f"cannot connect: {os.strerror(errno).lower() if errno else exc.os_error}"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "server disconnected"
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -31,6 +31,11 @@ def error_response(
     return json_response({"code": code, "error": message, **extra}, status, headers)
 
 
+def error_body(code: str, message: str, **extra: Any) -> bytes:
+    """The JSON of an error answer, for servers that write their own responses."""
+    return json.dumps({"code": code, "error": message, **extra}, separators=(",", ":")).encode()
+
+
 def method_not_allowed(method: str, allowed: list[str]) -> web.Response:
     return error_response(
         405,

@@ -16,8 +16,9 @@ from typing import Optional
 
 from aiohttp import web
 
-from router.app import create_app
+from router.app import LIVE, PROXY, create_app
 from router.config import RouterConfig
+from router.fastpath import FastPathSite
 from router.guard import rollout_problems
 from router.guard_runtime import GuardSetup
 
@@ -45,7 +46,15 @@ async def serve(
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, backlog=1024)
+        site = FastPathSite(
+            runner,
+            host,
+            port,
+            handler=app[PROXY],
+            live=app[LIVE],
+            backlog=1024,
+            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        )
         await site.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

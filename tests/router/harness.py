@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any, Optional
 
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
+from yarl import URL
 
-from router.app import EVENT_LOGS, METRICS, create_app
+from router.app import EVENT_LOGS, LIVE, METRICS, PROXY, create_app
 from router.config import RouterConfig, parse_config
+from router.fastpath import FastPathSite
 from tests.router.data import merge_patch
 
 DEMO_BODY = {"key": ["x"], "value": ["[[1, 2, 3]]"]}
@@ -101,3 +105,23 @@ def metric(app: web.Application, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return float(sample.value)
     return 0.0
+
+
+class FastPathTestServer(TestServer):
+    """aiohttp's TestServer, listening with the router's FastPathSite like `python -m router`."""
+
+    async def start_server(
+        self, loop: Optional[asyncio.AbstractEventLoop] = None, **kwargs: Any
+    ) -> None:
+        if self.runner:
+            return
+        self.runner = await self._make_runner(**kwargs)
+        await self.runner.setup()
+        app = self.app
+        site = FastPathSite(
+            self.runner, self.host, 0, handler=app[PROXY], live=app[LIVE], shutdown_timeout=2
+        )
+        await site.start()
+        self.port = self.runner.addresses[0][1]
+        self.scheme = "http"
+        self._root = URL(f"http://{self.host}:{self.port}")

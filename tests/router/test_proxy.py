@@ -16,9 +16,31 @@ from aiohttp.test_utils import TestClient, TestServer
 from router.app import EVENT_LOGS, OBSERVER, SHADOW_LISTENER
 from router.checks import EXPOSURE_FIELDS
 from tests.router.fakes import FakePipeline, closed_port_url, start_fake, url_of
-from tests.router.harness import DEMO_BODY, build_app, exposures, metric, registry, unit_in
+from tests.router.harness import (
+    DEMO_BODY,
+    FastPathTestServer,
+    build_app,
+    exposures,
+    metric,
+    registry,
+    unit_in,
+)
 
 pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture(params=["aiohttp", "fastpath"])
+def aiohttp_client(request: pytest.FixtureRequest, aiohttp_client: Any) -> Any:
+    """Every test here runs twice: through aiohttp's server, and through the router's fast path
+    (router.fastpath) as `python -m router` serves."""
+    if request.param == "aiohttp":
+        return aiohttp_client
+
+    async def through_fast_path(app: Any, **kwargs: Any) -> Any:
+        return await aiohttp_client(FastPathTestServer(app), **kwargs)
+
+    return through_fast_path
+
 
 Fakes = dict[str, tuple[FakePipeline, TestServer]]
 

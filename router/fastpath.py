@@ -1,0 +1,398 @@
+"""The fast path: POSTs to experiment routes answered without aiohttp's request machinery.
+
+`python -m router` listens with FastPathSite. Each connection's requests are parsed by llhttp
+(httptools, the parser uvicorn uses). A POST to an experiment route goes straight to
+`ProxyHandler.forward` and its answer is written as bytes. Anything else (the admin API,
+/metrics, /events, a percent-encoded path, a body with a Content-Encoding, `Expect`, an
+upgrade) hands the connection over to aiohttp for good: the bytes of that request are replayed
+into aiohttp's own protocol, which serves the rest of the connection. Both paths run the same
+ProxyHandler; in-process tests (aiohttp's TestServer) exercise the aiohttp one.
+
+Why: on the benchmark machine aiohttp's server side cost about 0.25 ms of CPU per request, and
+it set the router's latency overhead in front of Paddle Serving (docs/router.md, "Why the
+router has a fast path").
+
+Keep-alive, HTTP/1.0 and pipelining work: the requests of one connection are answered one at a
+time, in order. One limit: a request for aiohttp that was pipelined in the same packet behind
+another request cannot be replayed (where its bytes start is unknown); it gets 400
+`pipelining_unsupported` after the earlier answers, and the connection closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from http import HTTPStatus
+from typing import Optional, Union, cast
+
+import httptools
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from router.handler import ProxyAnswer, ProxyHandler, ProxyRequest
+from router.live import LiveRegistry
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE_S = 75.0  # aiohttp's default: an idle connection closes after this
+MAX_QUEUED = 16
+# A body over max_body_bytes is read and dropped up to this many times the limit, then cut off.
+DISCARD_FACTOR = 16  # pipelined requests waiting on one connection before reading pauses
+# Requests with these headers go to aiohttp, which implements what they ask for.
+ASK_AIOHTTP = frozenset((b"content-encoding", b"expect", b"upgrade"))
+
+
+class _Handover(Exception):
+    """Raised from a parser callback: this request is for aiohttp."""
+
+
+class _Refusal(Exception):
+    """Raised from a parser callback with (status, code, message): answer that, then close."""
+
+
+# A parsed request waiting for its answer: the request, keep-alive, HTTP/1.0.
+_Queued = Union[tuple[ProxyRequest, bool, bool], ProxyAnswer]
+
+
+class FastPath:
+    """What the connections share: the handler, the registry, aiohttp's protocol factory."""
+
+    def __init__(self, handler: ProxyHandler, live: LiveRegistry, aiohttp_server: web.Server):
+        self.handler = handler
+        self.live = live
+        self.aiohttp_server = aiohttp_server
+        self.connections: set[FastPathProtocol] = set()
+        self.closing = False
+        self._drained: Optional[asyncio.Event] = None
+
+    def __call__(self) -> FastPathProtocol:
+        return FastPathProtocol(self)
+
+    async def shutdown(self, timeout: float) -> None:
+        """Close idle connections now; the others after their answer in progress."""
+        self.closing = True
+        self._drained = asyncio.Event()
+        for connection in list(self.connections):
+            connection.close_when_idle()
+        if self.connections:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), timeout)
+        for connection in list(self.connections):
+            connection.abort()
+
+    def forget(self, connection: FastPathProtocol) -> None:
+        """`connection` closed or went over to aiohttp."""
+        self.connections.discard(connection)
+        if self._drained is not None and not self.connections:
+            self._drained.set()
+
+
+class FastPathProtocol(asyncio.Protocol):
+    """One client connection, until it closes or is handed over to aiohttp."""
+
+    def __init__(self, shared: FastPath) -> None:
+        self._shared = shared
+        self._loop = asyncio.get_running_loop()
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: Optional[asyncio.Transport] = None
+        # The request being parsed.
+        self._in_message = False
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self._size = 0
+        self._body_limit = 0
+        self._path = ""
+        # Raw bytes since the request being parsed began, to replay into aiohttp.
+        self._chunks: list[bytes] = []
+        self._completed_in_chunk = False
+        self._began_mid_chunk = False
+        # Answering.
+        self._queue: deque[_Queued] = deque()
+        self._worker: Optional[asyncio.Task[None]] = None
+        self._handover: Optional[bytes] = None
+        self._reading_paused = False
+        self._closing = False
+        self._idle_timer: Optional[asyncio.TimerHandle] = None
+
+    # --- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, so no isinstance check.
+        self._transport = cast(asyncio.Transport, transport)
+        self._shared.connections.add(self)
+        if self._shared.closing:
+            self.abort()
+        else:
+            self._idle_timer = self._loop.call_later(KEEPALIVE_S, self.close_when_idle)
+
+    def data_received(self, data: bytes) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if self._in_message:
+            self._chunks.append(data)
+        else:
+            self._chunks = [data]
+        self._completed_in_chunk = False
+        try:
+            self._parser.feed_data(data)
+            return
+        except httptools.HttpParserCallbackError as exc:
+            reason = exc.__context__
+        except httptools.HttpParserError as exc:
+            reason = exc
+        # Out of the except block: what aiohttp raises after a handover is not chained to it.
+        if isinstance(reason, _Handover):
+            self._hand_over_when_idle(b"".join(self._chunks))
+        elif isinstance(reason, _Refusal):
+            self._refuse(*reason.args)
+        elif isinstance(reason, httptools.HttpParserError):
+            self._refuse(400, "bad_request", f"malformed HTTP request: {reason}")
+        else:
+            log.error("fast path: parser callback failed", exc_info=reason)
+            self._refuse(500, "internal_error", "the router failed to read this request")
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self._transport = None
+        self._shared.forget(self)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        # A request in progress still finishes (its backend call, its exposure record).
+        self._queue.clear()
+
+    # --- httptools callbacks --------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._in_message = True
+        self._began_mid_chunk = self._completed_in_chunk
+        self._url = b""
+        self._headers = []
+        self._body = []
+        self._size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        path = self._fast_route()
+        if path is None:
+            if self._began_mid_chunk:
+                raise _Refusal(
+                    400,
+                    "pipelining_unsupported",
+                    "a request to this path must not be pipelined behind another one "
+                    "on the same connection; send it after the previous answer",
+                )
+            raise _Handover()
+        self._path = path
+        self._body_limit = self._shared.live.current.config.router.max_body_bytes
+
+    def on_body(self, body: bytes) -> None:
+        self._size += len(body)
+        if self._size <= self._body_limit:
+            self._body.append(body)
+        elif self._size > DISCARD_FACTOR * self._body_limit:
+            raise _Refusal(413, "body_too_large", f"request body over {self._body_limit} bytes")
+        # Over the limit: read the rest and drop it, so that the client, still sending, reads
+        # our 413 instead of a connection reset.
+
+    def on_message_complete(self) -> None:
+        self._in_message = False
+        self._completed_in_chunk = True
+        self._chunks = []
+        if self._size > self._body_limit:
+            self._refuse(413, "body_too_large", f"request body over {self._body_limit} bytes")
+            return
+        headers = CIMultiDictProxy(
+            CIMultiDict(
+                (name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
+                for name, value in self._headers
+            )
+        )
+        request = ProxyRequest("POST", self._path, headers, b"".join(self._body))
+        http10 = self._parser.get_http_version() == "1.0"
+        self._enqueue((request, self._parser.should_keep_alive(), http10))
+
+    # --- answering ------------------------------------------------------------------------
+
+    def _fast_route(self) -> Optional[str]:
+        """The experiment route this request is for, or None if it is aiohttp's."""
+        if self._parser.get_method() != b"POST" or self._parser.should_upgrade():
+            return None
+        raw_path = self._url.split(b"?", 1)[0]
+        if b"%" in raw_path or any(name.lower() in ASK_AIOHTTP for name, _ in self._headers):
+            return None
+        try:
+            path = raw_path.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        return path if path in self._shared.live.current.routes else None
+
+    def _enqueue(self, item: _Queued) -> None:
+        self._queue.append(item)
+        if self._worker is None:
+            self._worker = self._loop.create_task(self._answer_queued())
+        elif len(self._queue) >= MAX_QUEUED:
+            self._pause_reading()
+
+    def _pause_reading(self) -> None:
+        if self._transport is not None and not self._reading_paused:
+            self._transport.pause_reading()
+            self._reading_paused = True
+
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        """Answer this error after the answers in progress, then close; read nothing more."""
+        self._pause_reading()
+        self._enqueue(self._shared.handler.refuse(status, code, message))
+
+    async def _answer_queued(self) -> None:
+        try:
+            while self._queue:
+                item = self._queue.popleft()
+                if isinstance(item, ProxyAnswer):
+                    self._write(item, keep_alive=False, http10=False)
+                    return
+                request, keep_alive, http10 = item
+                try:
+                    answer = await self._shared.handler.forward(request)
+                except Exception:  # a bug must not leave the client waiting
+                    log.exception("fast path: answering %s failed", request.path)
+                    answer = self._shared.handler.refuse(
+                        500, "internal_error", "the router failed on this request"
+                    )
+                keep_alive = keep_alive and not self._closing and not self._shared.closing
+                self._write(answer, keep_alive, http10)
+                if not keep_alive:
+                    return
+        finally:
+            self._worker = None
+        if self._transport is None:
+            return
+        if self._handover is not None:
+            self._hand_over(self._handover)
+        elif self._closing or self._shared.closing:
+            self._transport.close()
+        else:
+            if self._reading_paused:
+                self._reading_paused = False
+                self._transport.resume_reading()
+            self._idle_timer = self._loop.call_later(KEEPALIVE_S, self.close_when_idle)
+
+    def _write(self, answer: ProxyAnswer, keep_alive: bool, http10: bool) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        transport.write(_encode(answer, keep_alive, http10))
+        if not keep_alive:
+            transport.close()
+
+    # --- handing over, closing ------------------------------------------------------------
+
+    def _hand_over_when_idle(self, replay: bytes) -> None:
+        if self._worker is None:
+            self._hand_over(replay)
+        else:  # answer what came before first; read nothing until then
+            self._handover = replay
+            self._pause_reading()
+
+    def _hand_over(self, replay: bytes) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        self._transport = None
+        self._shared.forget(self)
+        protocol = self._shared.aiohttp_server()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        protocol.data_received(replay)
+        if self._reading_paused:
+            transport.resume_reading()
+
+    def close_when_idle(self) -> None:
+        self._closing = True
+        if self._worker is None and self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+
+_STATUS_LINES = {
+    status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode("ascii")
+    for status in HTTPStatus
+}
+
+
+class _HttpDate:
+    """The `Date` header value, formatted once a second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def __call__(self) -> bytes:
+        second = int(time.time())
+        if second != self._second:
+            self._second = second
+            self._value = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(second)).encode()
+        return self._value
+
+
+_http_date = _HttpDate()
+
+
+def _encode(answer: ProxyAnswer, keep_alive: bool, http10: bool) -> bytes:
+    head = [_STATUS_LINES[answer.status]]
+    for name, value in answer.headers.items():
+        head.append(f"{name}: {value}\r\n".encode("latin-1"))
+    if not keep_alive:
+        head.append(b"Connection: close\r\n")
+    elif http10:
+        head.append(b"Connection: keep-alive\r\n")
+    head.append(b"Date: " + _http_date() + b"\r\n")
+    head.append(b"Content-Length: " + str(len(answer.body)).encode() + b"\r\n\r\n")
+    head.append(answer.body)
+    return b"".join(head)
+
+
+class FastPathSite(web.TCPSite):
+    """A TCPSite whose connections start on the fast path; stopping it drains them too."""
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: Optional[str],
+        port: int,
+        *,
+        handler: ProxyHandler,
+        live: LiveRegistry,
+        backlog: int = 1024,
+        shutdown_timeout: float = 10.0,
+    ) -> None:
+        super().__init__(runner, host, port, backlog=backlog)
+        assert runner.server is not None  # runner.setup() ran (TCPSite checks it too)
+        self._fast = FastPath(handler, live, runner.server)
+        self._shutdown_timeout = shutdown_timeout
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        self._server = await asyncio.get_running_loop().create_server(
+            self._fast,
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
+        )
+
+    async def stop(self) -> None:
+        await super().stop()  # no new connections
+        await self._fast.shutdown(self._shutdown_timeout)
