@@ -183,7 +183,10 @@ class _Connection(asyncio.Protocol):
         self._body, self._size = [], 0
         timer = self._loop.call_at(deadline, self._expire)
         try:
-            self.transport.write(data)
+            try:
+                self.transport.write(data)
+            except (RuntimeError, OSError):  # closed, and connection_lost not yet delivered
+                raise _StaleConnection("connection closed before the request went out") from None
             reply = await waiter
         finally:
             timer.cancel()
@@ -205,6 +208,9 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
         self.close()
+
+    def closing(self) -> bool:
+        return self.closed or self.transport is None or self.transport.is_closing()
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
@@ -312,7 +318,7 @@ class ConnectionPool:
         expired_before = self._loop.time() - self._keepalive_s
         while state.idle:
             connection = state.idle.pop()
-            if connection.idle_since < expired_before:
+            if connection.idle_since < expired_before or connection.closing():
                 connection.close()
                 continue
             return connection

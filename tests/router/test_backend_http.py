@@ -181,7 +181,9 @@ def test_a_keep_alive_connection_closed_by_the_server_is_not_an_error(
     async def test() -> None:
         # 1: answered, then closed while idle; 2: on a new connection, closed as it arrives
         # (a reused connection: retried on a new one); 3: the retry.
-        backend = Scripted([answer_then_hang_up, ok(b'{"n":2}'), "close", ok(b'{"n":3}')])
+        backend = Scripted(
+            [answer_then_hang_up, ok(b'{"n":2}'), "close", ok(b'{"n":3}'), ok(b'{"n":4}')]
+        )
         origin = await backend.start()
         pool = new_pool()
         assert (await call(pool, origin)).body == b'{"n":1}'
@@ -189,6 +191,11 @@ def test_a_keep_alive_connection_closed_by_the_server_is_not_an_error(
         assert (await call(pool, origin)).body == b'{"n":2}'
         assert (await call(pool, origin)).body == b'{"n":3}'
         assert backend.connections == 3 and len(backend.requests) == 4
+        # Closed on our side, connection_lost not delivered yet: not picked again.
+        [idle] = pool._origins[origin].idle
+        assert idle.transport is not None
+        idle.transport.close()
+        assert (await call(pool, origin)).body == b'{"n":4}'
         await pool.close()
         await backend.stop()
 
