@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 Record = dict[str, Any]
 PathFor = Callable[[Record], Path]
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}")
+# One encoder: `json.dumps` with options builds a new one per record.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
 
 
 class _UtcClock:
@@ -132,7 +134,7 @@ class JsonlWriter:
         by_path: dict[Path, list[str]] = {}
         for record in records:
             try:
-                line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str)
+                line = _ENCODER.encode(record)
             except (TypeError, ValueError) as exc:  # one bad record must not stop the writer
                 self._on_drop(1)
                 self._warn(f"{self._name}: dropped a record that is not JSON: {exc}")

@@ -3,7 +3,9 @@
 `ProxyHandler.forward` takes a ProxyRequest and gives a ProxyAnswer, whichever HTTP server
 parsed the request: the fast path (router.fastpath) for POSTs to experiment routes, aiohttp
 (`ProxyHandler.handle`) for the rest and in in-process tests. Counting and the exposure record
-run just after the answer is written (`loop.call_soon`), off the user's latency.
+are batched and run RECORD_DELAY_S later, off the user's latency: in front of a model that takes
+milliseconds, they run while the router waits for the next answer. `settle()` runs them now;
+a /metrics scrape and shutdown do.
 
 Per request: find the experiment by path, read the unit id, assign an arm, POST the body as
 received to that arm's backend. If the treatment fails and the experiment falls back to control,
@@ -47,6 +49,7 @@ from router.responses import JSON, error_body
 from router.units import BadUnit, logged_unit, unit_of
 
 MAX_SHADOW_IN_FLIGHT = 64
+RECORD_DELAY_S = 0.002
 # One encoder: `json.dumps(..., separators=...)` would build a new one per call.
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
 OVERRIDE_HEADER = "X-Variant-Override"
@@ -95,6 +98,9 @@ class ProxyHandler:
         self._traffic: TrafficPolicy = ConfiguredTraffic(live.config)
         self._shadow_listener: Optional[ShadowListener] = None
         self._shadows: set[asyncio.Task[None]] = set()
+        self._unrecorded: list[tuple[Any, ...]] = []
+        self._record_timer: Optional[asyncio.TimerHandle] = None
+        metrics.before_scrape(self.settle)
 
     def bind(
         self,
@@ -225,22 +231,24 @@ class ProxyHandler:
                     experiment=info,
                 ),
             )
-        # After the answer is on its way: the user does not wait for the bookkeeping.
-        asyncio.get_running_loop().call_soon(
-            self._record,
-            request.headers,
-            snapshot,
-            name,
-            unit,
-            assignment,
-            assigned,
-            outcome,
-            answer.status,
-            time.perf_counter() - started,
-            request_id,
-            wanted is not None,
-        )
+        self._unrecorded.append(
+            (
+                request.headers, snapshot, name, unit, assignment, assigned, outcome,
+                answer.status, time.perf_counter() - started, request_id, wanted is not None,
+            )
+        )  # fmt: skip
+        if self._record_timer is None:
+            self._record_timer = asyncio.get_running_loop().call_later(RECORD_DELAY_S, self.settle)
         return answer
+
+    def settle(self) -> None:
+        """Count and log the requests answered so far."""
+        if self._record_timer is not None:
+            self._record_timer.cancel()
+            self._record_timer = None
+        pending, self._unrecorded = self._unrecorded, []
+        for args in pending:
+            self._record(*args)
 
     def _record(
         self,
@@ -366,9 +374,11 @@ class ProxyHandler:
         return control_answer
 
     async def close(self) -> None:
-        """Let shadow copies in flight finish (they are bounded by the backend timeout)."""
+        """Let shadow copies in flight finish (they are bounded by the backend timeout), then
+        count and log everything answered."""
         if self._shadows:
             await asyncio.gather(*self._shadows, return_exceptions=True)
+        self.settle()
 
     def refuse(
         self, status: int, code: str, message: str, headers: Optional[Mapping[str, str]] = None

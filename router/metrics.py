@@ -42,6 +42,18 @@ class _LiveGauge(Collector):
         yield GaugeMetricFamily(self._name, self._documentation, labels=self._labels)
 
 
+class _BeforeScrape(Collector):
+    """Registered first, so that its callbacks run before any metric is read at a scrape."""
+
+    def __init__(self) -> None:
+        self.callbacks: list[Callable[[], None]] = []
+
+    def collect(self) -> Iterator[Metric]:
+        for callback in self.callbacks:
+            callback()
+        return iter(())
+
+
 class _Children:
     """`metric.labels(...)` memoized: the request path asks for the same few children."""
 
@@ -60,6 +72,8 @@ class RouterMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
+        self._before_scrape = _BeforeScrape()
+        registry.register(self._before_scrape)
         self.requests = Counter(
             "router_requests",
             "Requests by experiment, assigned variant and outcome (ok, fallback, error).",
@@ -129,6 +143,10 @@ class RouterMetrics:
         self.backend_requests_for = _Children(self.backend_requests)
         self.backend_duration_for = _Children(self.backend_duration)
         self.fallbacks_for = _Children(self.fallbacks)
+
+    def before_scrape(self, callback: Callable[[], None]) -> None:
+        """Run `callback` at every scrape, before the metrics are read (pending counts)."""
+        self._before_scrape.callbacks.append(callback)
 
     def add_live_gauge(
         self,

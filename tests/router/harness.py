@@ -64,6 +64,7 @@ def unit_in(arm: str, salt: str = "test-salt", traffic: float = 50, start: int =
 
 
 def exposures(app: web.Application) -> list[dict[str, Any]]:
+    app[PROXY].settle()
     logs = app[EVENT_LOGS]
     logs.exposures.flush()
     return _read_jsonl(sorted(Path(logs_dir(app)).glob("exposures-*.jsonl")))
