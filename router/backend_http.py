@@ -2,7 +2,7 @@
 
 Why not aiohttp's ClientSession here: on the benchmark machine it cost about 0.45 ms of CPU per
 backend call, more than everything else the router does per request, and it set the router's
-throughput against Paddle Serving (docs/router.md, "Why the router has its own backend client").
+throughput against Paddle Serving (docs/router.md, "How a request is served").
 This client does one thing, the call a Paddle Serving pipeline needs, in a tenth of that:
 
 - one request (`POST` with a body, or a bodyless `GET` for probes) per connection at a time;
@@ -46,7 +46,7 @@ class BackendHttpTimeout(BackendHttpError):
 
 
 class _StaleConnection(BackendHttpError):
-    """A reused connection closed by the server before our request reached it."""
+    """A connection closed before the first byte of the reply: on a reused one, retried."""
 
 
 class HttpReply(NamedTuple):

@@ -8,9 +8,9 @@ upgrade) hands the connection over to aiohttp for good: the bytes of that reques
 into aiohttp's own protocol, which serves the rest of the connection. Both paths run the same
 ProxyHandler; in-process tests (aiohttp's TestServer) exercise the aiohttp one.
 
-Why: on the benchmark machine aiohttp's server side cost about 0.25 ms of CPU per request, and
-it set the router's latency overhead in front of Paddle Serving (docs/router.md, "Why the
-router has a fast path").
+Why: on the benchmark machine aiohttp's server side cost about 0.2 ms of CPU per request, and
+it set the router's latency overhead in front of Paddle Serving (docs/router.md, "How a
+request is served").
 
 Keep-alive, HTTP/1.0 and pipelining work: the requests of one connection are answered one at a
 time, in order. One limit: a request for aiohttp that was pipelined in the same packet behind

@@ -80,6 +80,23 @@ class _Outcome:
     failures: tuple[BackendFailure, ...] = ()
 
 
+@dataclass(frozen=True)
+class _Answered:
+    """A request answered and not yet counted or logged."""
+
+    headers: Mapping[str, str]
+    snapshot: Snapshot
+    experiment: str
+    unit: Optional[str]
+    assignment: Assignment
+    assigned: Arm
+    outcome: _Outcome
+    status: int
+    latency_s: float
+    request_id: str
+    overridden: bool
+
+
 class ProxyHandler:
     def __init__(
         self,
@@ -98,7 +115,7 @@ class ProxyHandler:
         self._traffic: TrafficPolicy = ConfiguredTraffic(live.config)
         self._shadow_listener: Optional[ShadowListener] = None
         self._shadows: set[asyncio.Task[None]] = set()
-        self._unrecorded: list[tuple[Any, ...]] = []
+        self._unrecorded: list[_Answered] = []
         self._record_timer: Optional[asyncio.TimerHandle] = None
         metrics.before_scrape(self.settle)
 
@@ -232,7 +249,7 @@ class ProxyHandler:
                 ),
             )
         self._unrecorded.append(
-            (
+            _Answered(
                 request.headers, snapshot, name, unit, assignment, assigned, outcome,
                 answer.status, time.perf_counter() - started, request_id, wanted is not None,
             )
@@ -247,28 +264,9 @@ class ProxyHandler:
             self._record_timer.cancel()
             self._record_timer = None
         pending, self._unrecorded = self._unrecorded, []
-        for args in pending:
-            self._record(*args)
-
-    def _record(
-        self,
-        headers: Mapping[str, str],
-        snapshot: Snapshot,
-        experiment: str,
-        unit: Optional[str],
-        assignment: Assignment,
-        assigned: Arm,
-        outcome: _Outcome,
-        status: int,
-        latency_s: float,
-        request_id: str,
-        overridden: bool,
-    ) -> None:
-        self._account(experiment, assigned, outcome, latency_s)
-        self._log_exposure(
-            headers, snapshot, experiment, unit, assignment, assigned, outcome, status,
-            latency_s, request_id, overridden=overridden,
-        )  # fmt: skip
+        for answered in pending:
+            self._account(answered)
+            self._log_exposure(answered)
 
     def _override(
         self, request: ProxyRequest, plan: ExperimentPlan, wanted: str
@@ -389,8 +387,9 @@ class ProxyHandler:
             status, {"Content-Type": JSON, **(headers or {})}, error_body(code, message)
         )
 
-    def _account(self, experiment: str, assigned: Arm, outcome: _Outcome, latency_s: float) -> None:
-        metrics = self._metrics
+    def _account(self, answered: _Answered) -> None:
+        metrics, outcome = self._metrics, answered.outcome
+        experiment, variant = answered.experiment, answered.assigned.name
         if outcome.reply is None:
             result = "error"
         elif outcome.fallback:
@@ -398,43 +397,30 @@ class ProxyHandler:
             metrics.fallbacks_for(experiment).inc()
         else:
             result = "ok"
-        metrics.requests_for(experiment, assigned.name, result).inc()
-        metrics.request_duration_for(experiment, assigned.name).observe(latency_s)
+        metrics.requests_for(experiment, variant, result).inc()
+        metrics.request_duration_for(experiment, variant).observe(answered.latency_s)
 
-    def _log_exposure(
-        self,
-        headers: Mapping[str, str],
-        snapshot: Snapshot,
-        experiment: str,
-        unit: Optional[str],
-        assignment: Assignment,
-        assigned: Arm,
-        outcome: _Outcome,
-        status: int,
-        latency_s: float,
-        request_id: str,
-        *,
-        overridden: bool = False,
-    ) -> None:
-        settings = snapshot.config.router
+    def _log_exposure(self, answered: _Answered) -> None:
+        settings = answered.snapshot.config.router
+        outcome = answered.outcome
         record: dict[str, Any] = {
             "ts": utc_now_iso(),
-            "request_id": request_id,
-            "experiment": experiment,
-            "unit": logged_unit(unit, settings.hash_unit_ids),
-            "enrolled": assignment.enrolled,
-            "assigned": assigned.name,
+            "request_id": answered.request_id,
+            "experiment": answered.experiment,
+            "unit": logged_unit(answered.unit, settings.hash_unit_ids),
+            "enrolled": answered.assignment.enrolled,
+            "assigned": answered.assigned.name,
             "served": outcome.served.name if outcome.served else None,
             "model_version": outcome.reply.version if outcome.reply else None,
-            "status": status,
-            "latency_ms": round(latency_s * 1000, 3),
+            "status": answered.status,
+            "latency_ms": round(answered.latency_s * 1000, 3),
             "fallback": outcome.fallback,
             "error": "; ".join(str(f) for f in outcome.failures) or None,
         }
-        if overridden:
+        if answered.overridden:
             record["override"] = True
         for field, header in settings.attributes.items():
-            record[field] = headers.get(header)
+            record[field] = answered.headers.get(header)
         self._logs.exposures.write(record)
 
 
