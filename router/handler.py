@@ -84,6 +84,7 @@ class _Outcome:
 class _Answered:
     """A request answered and not yet counted or logged."""
 
+    ts: str  # when it was answered: an outcome sent right after must not come before it
     headers: Mapping[str, str]
     snapshot: Snapshot
     experiment: str
@@ -250,8 +251,9 @@ class ProxyHandler:
             )
         self._unrecorded.append(
             _Answered(
-                request.headers, snapshot, name, unit, assignment, assigned, outcome,
-                answer.status, time.perf_counter() - started, request_id, wanted is not None,
+                utc_now_iso(), request.headers, snapshot, name, unit, assignment, assigned,
+                outcome, answer.status, time.perf_counter() - started, request_id,
+                wanted is not None,
             )
         )  # fmt: skip
         if self._record_timer is None:
@@ -404,7 +406,7 @@ class ProxyHandler:
         settings = answered.snapshot.config.router
         outcome = answered.outcome
         record: dict[str, Any] = {
-            "ts": utc_now_iso(),
+            "ts": answered.ts,
             "request_id": answered.request_id,
             "experiment": answered.experiment,
             "unit": logged_unit(answered.unit, settings.hash_unit_ids),
