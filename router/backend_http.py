@@ -23,11 +23,12 @@ subclass BackendHttpTimeout.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import ssl
 from collections import deque
 from dataclasses import dataclass
-from typing import NamedTuple, Optional, cast
+from typing import Callable, NamedTuple, Optional, cast
 from urllib.parse import quote, urlsplit
 
 import httptools
@@ -93,7 +94,9 @@ def _header_value(value: str) -> bytes:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; `exchange` sends a request and waits for the whole reply."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_closed: _ClosedCallback) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, on_closed: Callable[[_Connection], None]
+    ) -> None:
         self._loop = loop
         self._on_closed = on_closed
         self._parser = httptools.HttpResponseParser(self)
@@ -219,21 +222,12 @@ class _Connection(asyncio.Protocol):
         self._on_closed(self)  # now, not at connection_lost: the pool's count must be exact
 
 
-class _ClosedCallback:
-    """Bookkeeping when a connection closes (a Protocol method, so no lambda per connection)."""
-
-    def __init__(self, pool: ConnectionPool, origin: Origin) -> None:
-        self._pool, self._origin = pool, origin
-
-    def __call__(self, connection: _Connection) -> None:
-        self._pool._forget(self._origin, connection)
-
-
 class _OriginState:
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, on_closed: Callable[[_Connection], None]) -> None:
         self.idle: deque[_Connection] = deque()
         self.open: set[_Connection] = set()
         self.slots = asyncio.Semaphore(limit)
+        self.on_closed = on_closed  # given to each connection: bookkeeping when it closes
 
 
 class ConnectionPool:
@@ -254,7 +248,6 @@ class ConnectionPool:
         self._connect_timeout_s = connect_timeout_s
         self._slots = asyncio.Semaphore(limit)
         self._origins: dict[Origin, _OriginState] = {}
-        self._callbacks: dict[Origin, _ClosedCallback] = {}
         self._tls: Optional[ssl.SSLContext] = None
         self._open = 0
         self._closing = False
@@ -277,8 +270,9 @@ class ConnectionPool:
         data = head + str(len(body)).encode("ascii") + b"\r\n\r\n" + body
         state = self._origins.get(origin)
         if state is None:
-            state = self._origins[origin] = _OriginState(self._limit_per_origin)
-            self._callbacks[origin] = _ClosedCallback(self, origin)
+            state = self._origins[origin] = _OriginState(
+                self._limit_per_origin, functools.partial(self._forget, origin)
+            )
         await self._acquire(state.slots, deadline)
         try:
             await self._acquire(self._slots, deadline)
@@ -329,11 +323,10 @@ class ConnectionPool:
             self._close_oldest_idle()
         tls = self._tls_context() if origin.scheme == "https" else None
         timeout = min(self._connect_timeout_s, deadline - self._loop.time())
-        callback = self._callbacks[origin]
         try:
             _, connection = await asyncio.wait_for(
                 self._loop.create_connection(
-                    lambda: _Connection(self._loop, callback),
+                    lambda: _Connection(self._loop, state.on_closed),
                     origin.host,
                     origin.port,
                     ssl=tls,

@@ -23,14 +23,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import deque
 from http import HTTPStatus
 from typing import Optional, Union, cast
 
 import httptools
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from aiohttp.helpers import rfc822_formatted_time  # the Date aiohttp's server sends
+from multidict import CIMultiDict
 
 from router.handler import ProxyAnswer, ProxyHandler, ProxyRequest
 from router.live import LiveRegistry
@@ -210,11 +210,9 @@ class FastPathProtocol(asyncio.Protocol):
         if self._size > self._body_limit:
             self._refuse(413, "body_too_large", f"request body over {self._body_limit} bytes")
             return
-        headers = CIMultiDictProxy(
-            CIMultiDict(
-                (name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
-                for name, value in self._headers
-            )
+        headers = CIMultiDict(
+            (name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
+            for name, value in self._headers
         )
         request = ProxyRequest("POST", self._path, headers, b"".join(self._body))
         http10 = self._parser.get_http_version() == "1.0"
@@ -331,24 +329,6 @@ _STATUS_LINES = {
 }
 
 
-class _HttpDate:
-    """The `Date` header value, formatted once a second."""
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._value = b""
-
-    def __call__(self) -> bytes:
-        second = int(time.time())
-        if second != self._second:
-            self._second = second
-            self._value = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(second)).encode()
-        return self._value
-
-
-_http_date = _HttpDate()
-
-
 def _encode(answer: ProxyAnswer, keep_alive: bool, http10: bool) -> bytes:
     head = [_STATUS_LINES[answer.status]]
     for name, value in answer.headers.items():
@@ -357,7 +337,7 @@ def _encode(answer: ProxyAnswer, keep_alive: bool, http10: bool) -> bytes:
         head.append(b"Connection: close\r\n")
     elif http10:
         head.append(b"Connection: keep-alive\r\n")
-    head.append(b"Date: " + _http_date() + b"\r\n")
+    head.append(b"Date: " + rfc822_formatted_time().encode() + b"\r\n")
     head.append(b"Content-Length: " + str(len(answer.body)).encode() + b"\r\n\r\n")
     head.append(answer.body)
     return b"".join(head)

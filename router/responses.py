@@ -11,11 +11,15 @@ from aiohttp import web
 JSON = "application/json"
 
 
+def json_bytes(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":"), default=str).encode()
+
+
 def json_response(
     data: Any, status: int = 200, headers: Optional[Mapping[str, str]] = None
 ) -> web.Response:
     return web.Response(
-        body=json.dumps(data, separators=(",", ":"), default=str).encode(),
+        body=json_bytes(data),
         status=status,
         headers={"Content-Type": JSON, **(headers or {})},
     )
@@ -33,7 +37,7 @@ def error_response(
 
 def error_body(code: str, message: str, **extra: Any) -> bytes:
     """The JSON of an error answer, for servers that write their own responses."""
-    return json.dumps({"code": code, "error": message, **extra}, separators=(",", ":")).encode()
+    return json_bytes({"code": code, "error": message, **extra})
 
 
 def method_not_allowed(method: str, allowed: list[str]) -> web.Response:

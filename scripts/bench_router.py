@@ -88,19 +88,15 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 def children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
+    return _processes_where(1, pid)  # stat field 4: the parent's pid
 
 
 def process_group(pgid: int) -> list[int]:
+    return _processes_where(2, pgid)  # stat field 5: the process group
+
+
+def _processes_where(field: int, value: int) -> list[int]:
+    """Pids whose /proc/PID/stat has `value` at `field` (counted after the command name)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -108,7 +104,7 @@ def process_group(pgid: int) -> list[int]:
                 fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[2]) == pgid:
+            if int(fields[field]) == value:
                 found.append(int(entry.name))
     return found
 
