@@ -163,6 +163,7 @@ async def test_shadow_answers_are_compared_and_counted(
         for unit in units:
             reply = await guarded.predict(unit)
             body = await reply.json()
+            assert "value" in body, (reply.status, body)  # the router's own answer, if not
             assert body["value"][1] == "v1" and body["experiment"]["group"] == "control"
         app = guarded.app
 
