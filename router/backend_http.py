@@ -92,7 +92,7 @@ def _header_value(value: str) -> bytes:
 
 
 class _Connection(asyncio.Protocol):
-    """One keep-alive connection; `exchange` sends a request and waits for the whole reply."""
+    """One keep-alive connection; `send` sends a request, its future gets the whole reply."""
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, on_closed: Callable[[_Connection], None]
@@ -104,12 +104,13 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self._waiter: Optional[asyncio.Future[HttpReply]] = None
+        self._deadline_timer: Optional[asyncio.TimerHandle] = None
+        self.keep_alive = False  # the last reply allows another request on this connection
         self._received = False  # any byte of the current reply
         self._headers_done = False
-        self._framed = False  # Content-Length or chunked: the server does not close to end it
+        self._header_lines: list[tuple[bytes, bytes]] = []  # of the current reply
         self._body: list[bytes] = []
         self._size = 0
-        self._keep_alive = False
 
     # asyncio.Protocol
 
@@ -139,11 +140,11 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self.closed = True
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            if self._headers_done and not self._framed:
-                self._finish()  # the reply was delimited by the close
-            elif not self._received:
+        if self._headers_done and not self._framed():
+            self._finish()  # the reply was delimited by the close
+        waiter = self._end_call()
+        if waiter is not None:
+            if not self._received:
                 waiter.set_exception(
                     _StaleConnection("server closed the connection before replying")
                 )
@@ -154,9 +155,7 @@ class _Connection(asyncio.Protocol):
     # httptools callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        if name == b"content-length" or (name == b"transfer-encoding" and b"chunked" in value):
-            self._framed = True
+        self._header_lines.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._headers_done = True
@@ -170,35 +169,49 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         status = self._parser.get_status_code()
         if 100 <= status < 200:  # informational: the real reply follows
-            self._headers_done = self._framed = False
+            self._headers_done = False
+            self._header_lines = []
             return
-        self._keep_alive = self._parser.should_keep_alive()
+        self.keep_alive = self._parser.should_keep_alive()
         self._finish()
 
     # the client side
 
-    async def exchange(self, data: bytes, deadline: float) -> tuple[HttpReply, bool]:
-        """Send `data`, wait for the reply until `deadline`; also says whether the connection
-        can be reused."""
+    def send(self, data: bytes, deadline: float) -> asyncio.Future[HttpReply]:
+        """Send `data`; the future gets the whole reply, or fails when `deadline` passes.
+        (A plain call, not a coroutine: the request path awaits the future directly.)"""
         assert self.transport is not None
         waiter = self._waiter = self._loop.create_future()
-        self._received = self._headers_done = self._framed = False
-        self._body, self._size = [], 0
-        timer = self._loop.call_at(deadline, self._expire)
+        self._received = self._headers_done = self.keep_alive = False
+        self._header_lines, self._body, self._size = [], [], 0
+        self._deadline_timer = self._loop.call_at(deadline, self._expire)
         try:
-            try:
-                self.transport.write(data)
-            except (RuntimeError, OSError):  # closed, and connection_lost not yet delivered
-                raise _StaleConnection("connection closed before the request went out") from None
-            reply = await waiter
-        finally:
-            timer.cancel()
-            self._waiter = None
-        return reply, self._keep_alive and not self.closed
+            self.transport.write(data)
+        except (RuntimeError, OSError):  # closed, and connection_lost not yet delivered
+            self._end_call()
+            raise _StaleConnection("connection closed before the request went out") from None
+        return waiter
+
+    def _framed(self) -> bool:
+        """Content-Length or chunked: the reply does not end with the connection.
+        (Asked only when the connection closes, so each header is not examined as it comes.)"""
+        for name, value in self._header_lines:
+            name = name.lower()
+            if name == b"content-length" or (name == b"transfer-encoding" and b"chunked" in value):
+                return True
+        return False
+
+    def _end_call(self) -> Optional[asyncio.Future[HttpReply]]:
+        """The call in progress is over: stop its deadline; its future, if not yet resolved."""
+        waiter, self._waiter = self._waiter, None
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        return waiter if waiter is not None and not waiter.done() else None
 
     def _finish(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
+        waiter = self._end_call()
+        if waiter is not None:
             waiter.set_result(HttpReply(self._parser.get_status_code(), b"".join(self._body)))
         self._body = []
 
@@ -207,8 +220,8 @@ class _Connection(asyncio.Protocol):
 
     def _abandon(self, error: BackendHttpError) -> None:
         """Fail the call in progress and drop the connection: its state is unknown now."""
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
+        waiter = self._end_call()
+        if waiter is not None:
             waiter.set_exception(error)
         self.close()
 
@@ -352,11 +365,11 @@ class ConnectionPool:
         deadline: float,
     ) -> HttpReply:
         try:
-            reply, reusable = await connection.exchange(data, deadline)
+            reply = await connection.send(data, deadline)
         except BaseException:
             connection.close()  # a cancelled or failed call leaves the stream mid-reply
             raise
-        if reusable and not self._closing:
+        if connection.keep_alive and not connection.closed and not self._closing:
             connection.idle_since = self._loop.time()
             state.idle.append(connection)
         else:

@@ -34,22 +34,30 @@ class _UtcClock:
     """ISO 8601 UTC timestamps with milliseconds, formatting the date part once a second.
 
     One is taken per request; datetime.isoformat() was a visible share of the request path.
+    The cache is one tuple, replaced whole: the log writer thread formats timestamps too.
     """
 
     def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
+        self._cached = (-1, "")  # (second, its date and time)
+
+    def iso(self, ts: float) -> str:
+        """`ts` (a time.time()) in ISO 8601 UTC with milliseconds."""
+        second = int(ts)
+        cached = self._cached
+        if cached[0] != second:
+            cached = self._cached = (
+                second,
+                time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)),
+            )
+        return f"{cached[1]}.{int((ts - second) * 1000):03d}Z"
 
     def now_iso(self) -> str:
-        now = time.time()
-        second = int(now)
-        if second != self._second:
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            self._second = second
-        return f"{self._prefix}.{int((now - second) * 1000):03d}Z"
+        return self.iso(time.time())
 
 
-utc_now_iso = _UtcClock().now_iso
+_CLOCK = _UtcClock()
+utc_iso = _CLOCK.iso
+utc_now_iso = _CLOCK.now_iso
 
 
 def daily_files(directory: Path, prefix: str) -> PathFor:

@@ -23,17 +23,17 @@ a QA script believe it tested the candidate.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 from aiohttp import web
 
 from router.admin import AdminAuth
 from router.assign import Arm, Assignment, ExperimentPlan
-from router.events import EventLogs, utc_now_iso
+from router.events import EventLogs, utc_iso
 from router.hooks import (
     ConfiguredTraffic,
     NullObserver,
@@ -55,8 +55,10 @@ _COMPACT = json.JSONEncoder(separators=(",", ":"))
 OVERRIDE_HEADER = "X-Variant-Override"
 
 
-@dataclass(frozen=True)
-class ProxyRequest:
+# The records made per request are NamedTuples: the cheapest objects to build in CPython.
+
+
+class ProxyRequest(NamedTuple):
     """What the proxy needs of a request; `headers` look names up case-insensitively."""
 
     method: str
@@ -65,26 +67,23 @@ class ProxyRequest:
     body: bytes
 
 
-@dataclass(frozen=True)
-class ProxyAnswer:
+class ProxyAnswer(NamedTuple):
     status: int
     headers: Mapping[str, str]  # Content-Type included
     body: bytes
 
 
-@dataclass
-class _Outcome:
-    served: Optional[Arm] = None
-    reply: Optional[BackendReply] = None
-    fallback: bool = False
-    failures: tuple[BackendFailure, ...] = ()
+class _Outcome(NamedTuple):
+    served: Optional[Arm]
+    reply: Optional[BackendReply]
+    fallback: bool
+    failures: tuple[BackendFailure, ...]  # in call order: the assigned arm's, then control's
 
 
-@dataclass(frozen=True)
-class _Answered:
+class _Answered(NamedTuple):
     """A request answered and not yet counted or logged."""
 
-    ts: str  # when it was answered: an outcome sent right after must not come before it
+    answered_at: float  # time.time(): an outcome sent right after must not come before it
     headers: Mapping[str, str]
     snapshot: Snapshot
     experiment: str
@@ -118,6 +117,7 @@ class ProxyHandler:
         self._shadows: set[asyncio.Task[None]] = set()
         self._unrecorded: list[_Answered] = []
         self._record_timer: Optional[asyncio.TimerHandle] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
         metrics.before_scrape(self.settle)
 
     def bind(
@@ -202,7 +202,7 @@ class ProxyHandler:
             assigned = plan.control
         try:
             outcome = await self._serve(
-                snapshot, name, assigned, plan.control, experiment.fallback == "control",
+                snapshot, assigned, plan.control, experiment.fallback == "control",
                 path, body, content_type,
             )  # fmt: skip
             if control_answer is not None:
@@ -212,24 +212,23 @@ class ProxyHandler:
             if control_answer is not None and not control_answer.done():
                 control_answer.set_result(None)
         request_id = request_id_of(request.headers)
-        info = {
-            "name": name,
-            "group": assigned.name,
-            "version": outcome.reply.version if outcome.reply else None,
-            "enrolled": assignment.enrolled,
-            "fallback": outcome.fallback,
-        }
-        if outcome.reply is not None:
+        reply = outcome.reply
+        if reply is not None:
             answer = ProxyAnswer(
                 200,
                 {
                     "Content-Type": JSON,
                     "X-Experiment": name,
                     "X-Variant": assigned.name,
-                    "X-Model-Version": outcome.reply.version,
+                    "X-Model-Version": reply.version,
                     "X-Request-Id": request_id,
                 },
-                _with_experiment(outcome.reply, info),
+                _with_experiment(
+                    reply,
+                    _experiment_json(
+                        name, assigned.name, reply.version, assignment.enrolled, outcome.fallback
+                    ),
+                ),
             )
         else:
             last = outcome.failures[-1]
@@ -246,27 +245,33 @@ class ProxyHandler:
                     "backend_timeout" if status == 504 else "backend_unavailable",
                     "no variant could answer: " + "; ".join(str(f) for f in outcome.failures),
                     request_id=request_id,
-                    experiment=info,
+                    experiment=_experiment_info(
+                        name, assigned.name, None, assignment.enrolled, outcome.fallback
+                    ),
                 ),
             )
         self._unrecorded.append(
             _Answered(
-                utc_now_iso(), request.headers, snapshot, name, unit, assignment, assigned,
+                time.time(), request.headers, snapshot, name, unit, assignment, assigned,
                 outcome, answer.status, time.perf_counter() - started, request_id,
                 wanted is not None,
             )
         )  # fmt: skip
         if self._record_timer is None:
-            self._record_timer = asyncio.get_running_loop().call_later(RECORD_DELAY_S, self.settle)
+            if self._loop is None:  # asyncio.get_running_loop() costs a getpid() system call
+                self._loop = asyncio.get_running_loop()
+            self._record_timer = self._loop.call_later(RECORD_DELAY_S, self.settle)
         return answer
 
     def settle(self) -> None:
-        """Count and log the requests answered so far."""
+        """Count, observe and log the requests answered so far."""
         if self._record_timer is not None:
             self._record_timer.cancel()
             self._record_timer = None
         pending, self._unrecorded = self._unrecorded, []
+        self._upstreams.settle()
         for answered in pending:
+            self._observe(answered)
             self._account(answered)
             self._log_exposure(answered)
 
@@ -292,7 +297,6 @@ class ProxyHandler:
     async def _serve(
         self,
         snapshot: Snapshot,
-        experiment: str,
         assigned: Arm,
         control: Arm,
         fallback_to_control: bool,
@@ -300,36 +304,19 @@ class ProxyHandler:
         body: bytes,
         content_type: str,
     ) -> _Outcome:
+        backends, call = snapshot.backends, self._upstreams.call
         try:
-            reply = await self._call(snapshot, experiment, assigned, path, body, content_type)
-            return _Outcome(served=assigned, reply=reply)
+            reply = await call(backends[assigned.backend], path, body, content_type)
+            return _Outcome(assigned, reply, False, ())
         except BackendFailure as failure:
             if assigned is control or not fallback_to_control:
-                return _Outcome(failures=(failure,))
+                return _Outcome(None, None, False, (failure,))
             first = failure
         try:
-            reply = await self._call(snapshot, experiment, control, path, body, content_type)
-            return _Outcome(served=control, reply=reply, fallback=True, failures=(first,))
+            reply = await call(backends[control.backend], path, body, content_type)
+            return _Outcome(control, reply, True, (first,))
         except BackendFailure as second:
-            return _Outcome(failures=(first, second))
-
-    async def _call(
-        self,
-        snapshot: Snapshot,
-        experiment: str,
-        arm: Arm,
-        path: str,
-        body: bytes,
-        content_type: str,
-    ) -> BackendReply:
-        backend = snapshot.backends[arm.backend]
-        try:
-            reply = await self._upstreams.call(backend, path, body, content_type)
-        except BackendFailure as failure:
-            self._observer.observe(experiment, arm.name, failure.latency_s, False)
-            raise
-        self._observer.observe(experiment, arm.name, reply.latency_s, True)
-        return reply
+            return _Outcome(None, None, False, (first, second))
 
     def _shadow(
         self,
@@ -353,12 +340,14 @@ class ProxyHandler:
 
         async def mirror() -> None:
             # A failure is observed against the treatment; the user never waits for it.
+            shadow: Optional[BackendReply] = None
             try:
-                shadow: Optional[BackendReply] = await self._call(
-                    snapshot, experiment, arm, path, body, content_type
+                shadow = await self._upstreams.call(
+                    snapshot.backends[arm.backend], path, body, content_type
                 )
-            except BackendFailure:
-                shadow = None
+                self._observer.observe(experiment, arm.name, shadow.latency_s, True)
+            except BackendFailure as failure:
+                self._observer.observe(experiment, arm.name, failure.latency_s, False)
             if self._shadow_listener is not None:
                 control = await control_answer
                 self._shadow_listener.shadow_answered(
@@ -389,6 +378,16 @@ class ProxyHandler:
             status, {"Content-Type": JSON, **(headers or {})}, error_body(code, message)
         )
 
+    def _observe(self, answered: _Answered) -> None:
+        """Show the guard each backend call of the request: the assigned arm's, then control's
+        if it stood in."""
+        outcome, experiment = answered.outcome, answered.experiment
+        control = answered.snapshot.plans[experiment].control
+        for arm, failure in zip((answered.assigned, control), outcome.failures):
+            self._observer.observe(experiment, arm.name, failure.latency_s, False)
+        if outcome.served is not None and outcome.reply is not None:
+            self._observer.observe(experiment, outcome.served.name, outcome.reply.latency_s, True)
+
     def _account(self, answered: _Answered) -> None:
         metrics, outcome = self._metrics, answered.outcome
         experiment, variant = answered.experiment, answered.assigned.name
@@ -406,7 +405,7 @@ class ProxyHandler:
         settings = answered.snapshot.config.router
         outcome = answered.outcome
         record: dict[str, Any] = {
-            "ts": answered.ts,
+            "ts": utc_iso(answered.answered_at),
             "request_id": answered.request_id,
             "experiment": answered.experiment,
             "unit": logged_unit(answered.unit, settings.hash_unit_ids),
@@ -430,13 +429,34 @@ def _response(answer: ProxyAnswer) -> web.Response:
     return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
 
 
-def _with_experiment(reply: BackendReply, info: dict[str, Any]) -> bytes:
-    """The backend's JSON with `"experiment": info` added, its own bytes otherwise untouched."""
-    encoded = _COMPACT.encode(info).encode()
-    if reply.payload and "experiment" not in reply.payload:
-        body = reply.body.rstrip()
-        if body.endswith(b"}"):
-            return body[:-1] + b',"experiment":' + encoded + b"}"
-    merged = dict(reply.payload)
-    merged["experiment"] = info
-    return _COMPACT.encode(merged).encode()
+def _experiment_info(
+    name: str, group: str, version: Optional[str], enrolled: bool, fallback: bool
+) -> dict[str, Any]:
+    """The `experiment` field of an answer."""
+    return {
+        "name": name,
+        "group": group,
+        "version": version,
+        "enrolled": enrolled,
+        "fallback": fallback,
+    }
+
+
+@functools.lru_cache(maxsize=4096)
+def _experiment_json(
+    name: str, group: str, version: Optional[str], enrolled: bool, fallback: bool
+) -> bytes:
+    """`_experiment_info` encoded: the same few per route, so each is encoded once."""
+    return _COMPACT.encode(_experiment_info(name, group, version, enrolled, fallback)).encode()
+
+
+def _with_experiment(reply: BackendReply, experiment_json: bytes) -> bytes:
+    """The backend's JSON with `"experiment": ...` added, its own bytes otherwise untouched."""
+    fields = reply.payload
+    body = reply.body.rstrip()
+    if "experiment" in fields or not body.endswith(b"}"):
+        # The router's `experiment` replaces the backend's own; odd bytes are encoded anew.
+        fields = {key: value for key, value in fields.items() if key != "experiment"}
+        body = _COMPACT.encode(fields).encode()
+    separator = b',"experiment":' if fields else b'"experiment":'
+    return body[:-1] + separator + experiment_json + b"}"

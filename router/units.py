@@ -43,6 +43,8 @@ def checked_unit(unit: str) -> str:
     """`unit` itself if the router takes it as a unit id; raises BadUnit otherwise."""
     if len(unit) > MAX_UNIT_CHARS:
         raise BadUnit(f"unit id longer than {MAX_UNIT_CHARS} characters")
+    if unit.isascii() and unit.isprintable():  # the usual id, checked without a regex
+        return unit
     if _CONTROL.search(unit):
         raise BadUnit("unit id with control characters")
     try:

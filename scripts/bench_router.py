@@ -295,12 +295,83 @@ def serve_plain_proxy(port: int, upstreams: list[str]) -> None:
     asyncio.run(run())
 
 
+def serve_raw_proxy(port: int, upstreams: list[str]) -> None:
+    """The floor for any Python proxy on the router's stack (uvloop, llhttp through httptools):
+    each request's bytes go unchanged to the upstream, the reply's bytes come back; no
+    routing logic, no JSON, no logging. Shows what Python itself costs per request here.
+
+    One upstream connection per client connection; `upstreams` as for serve_plain_proxy.
+    """
+    import asyncio
+
+    import httptools
+    import uvloop
+
+    table = [
+        (prefix.encode(), host.split(":")) for prefix, host in (u.split("=", 1) for u in upstreams)
+    ]
+
+    class Upstream(asyncio.Protocol):
+        def __init__(self, client: asyncio.Transport) -> None:
+            self.client = client
+            self.parser = httptools.HttpResponseParser(self)
+            self.chunks: list[bytes] = []
+
+        def data_received(self, data: bytes) -> None:
+            self.chunks.append(data)
+            self.parser.feed_data(data)
+
+        def on_message_complete(self) -> None:
+            self.client.write(b"".join(self.chunks))
+            self.chunks = []
+
+    class Client(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+            self.parser = httptools.HttpRequestParser(self)
+            self.chunks: list[bytes] = []
+            self.url = b""
+            self.upstream: Optional[asyncio.Transport] = None
+
+        def data_received(self, data: bytes) -> None:
+            self.chunks.append(data)
+            self.parser.feed_data(data)
+
+        def on_url(self, url: bytes) -> None:
+            self.url = url
+
+        def on_message_complete(self) -> None:
+            request, self.chunks = b"".join(self.chunks), []
+            if self.upstream is not None:
+                self.upstream.write(request)
+            else:  # the first request: connect first
+                self.connecting = asyncio.ensure_future(self.connect_and_send(request))
+
+        async def connect_and_send(self, request: bytes) -> None:
+            host, port = next(target for prefix, target in table if self.url.startswith(prefix))
+            loop = asyncio.get_running_loop()
+            client = self.transport
+            transport, _ = await loop.create_connection(lambda: Upstream(client), host, int(port))  # type: ignore[arg-type]
+            self.upstream = transport
+            transport.write(request)
+
+    async def run() -> None:
+        await asyncio.get_running_loop().create_server(Client, "127.0.0.1", port)
+        await asyncio.Event().wait()
+
+    uvloop.install()
+    asyncio.run(run())
+
+
 @contextmanager
-def plain_proxy(work: Path, upstreams: dict[str, str]) -> Iterator[tuple[int, list[int]]]:
+def plain_proxy(
+    work: Path, upstreams: dict[str, str], kind: str = "plain"
+) -> Iterator[tuple[int, list[int]]]:
+    """A reference proxy in a child process: `plain` (aiohttp) or `raw` (serve_raw_proxy)."""
     port = free_port()
     pairs = [f"{prefix}={host}" for prefix, host in upstreams.items()]
-    command = [sys.executable, __file__, "--serve-plain-proxy", str(port), *pairs]
-    with process(command, work / "plain-proxy.log", cwd=REPO) as child:
+    command = [sys.executable, __file__, f"--serve-{kind}-proxy", str(port), *pairs]
+    with process(command, work / f"{kind}-proxy.log", cwd=REPO) as child:
         wait_port(port)
         yield port, [child.pid]
 
@@ -385,7 +456,8 @@ def _latency_ms(output: str, percentile: str) -> float:
 @dataclass
 class Target:
     backend: str  # static | paddle
-    path: str  # direct | router | nginx | aiohttp (a bare aiohttp proxy, for reference)
+    # direct | router | nginx | aiohttp (a bare aiohttp proxy) | python (a bare byte forwarder)
+    path: str
     url: str
     pids: list[int]  # proxy processes whose CPU is measured (none for direct)
 
@@ -445,8 +517,9 @@ def report(results: list[Result]) -> None:
     print()
     for backend in ("paddle", "static"):
         for conc in sorted({r.concurrency for r in results if r.backend == backend}):
-            direct, routed, split, plain = (
-                index.get((backend, p, conc)) for p in ("direct", "router", "nginx", "aiohttp")
+            direct, routed, split, plain, raw = (
+                index.get((backend, p, conc))
+                for p in ("direct", "router", "nginx", "aiohttp", "python")
             )
             if not (direct and routed):
                 continue
@@ -464,6 +537,8 @@ def report(results: list[Result]) -> None:
                 line += (
                     f"; router/bare-aiohttp req/s per core {routed.per_core / plain.per_core:.3f}"
                 )
+            if raw is not None:
+                line += f"; bare Python p50 overhead {raw.p50_ms - direct.p50_ms:+.2f} ms"
             print(line)
 
 
@@ -485,9 +560,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         help="backends on the last CPU, proxies and wrk on the others (separate hosts, roughly)",
     )
     parser.add_argument("--serve-plain-proxy", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-raw-proxy", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_plain_proxy:
         serve_plain_proxy(int(args.serve_plain_proxy[0]), args.serve_plain_proxy[1:])
+        return 0
+    if args.serve_raw_proxy:
+        serve_raw_proxy(int(args.serve_raw_proxy[0]), args.serve_raw_proxy[1:])
         return 0
     ensure_tools()
     concurrency = {
@@ -528,13 +607,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         script = wrk_script(work, json.dumps(demo_request(1)))
         routes = {"static": "/static/prediction", "paddle": "/sentiment/prediction"}
         backends = {"static": static, "paddle": paddle}
-        plain_port, plain_pids = stack.enter_context(
-            plain_proxy(work, {"/static/": static, "/sentiment/": paddle or static})
-        )
+        prefixes = {"/static/": static, "/sentiment/": paddle or static}
+        plain_port, plain_pids = stack.enter_context(plain_proxy(work, prefixes))
+        raw_port, raw_pids = stack.enter_context(plain_proxy(work, prefixes, "raw"))
         proxies = {
             "router": (router_port, router_pids),
             "nginx": (split_port, split_pids),
             "aiohttp": (plain_port, plain_pids),
+            "python": (raw_port, raw_pids),
         }
         targets = []
         for backend, route in routes.items():
@@ -549,7 +629,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 sys.exit("bench: --isolate needs at least 2 CPUs")
             back, front = {cpus[-1]}, set(cpus[:-1])
             pin(backend_pids, back)
-            pin(router_pids + split_pids + plain_pids, front)
+            pin(router_pids + split_pids + plain_pids + raw_pids, front)
             WRK_PREFIX[:] = ["taskset", "-c", ",".join(map(str, sorted(front)))]
             print(f"bench: backends on CPU {cpus[-1]}, proxies and wrk on {sorted(front)}")
         results = measure(targets, concurrency, script, args.duration, args.rounds)
