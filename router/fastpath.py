@@ -124,6 +124,7 @@ class FastPathProtocol(asyncio.Protocol):
         self._reading_paused = False
         self._closing = False
         self._idle_timer: Optional[asyncio.TimerHandle] = None
+        self._last_active = 0.0  # loop time of the last byte received or answer written
 
     # --- asyncio.Protocol -----------------------------------------------------------------
 
@@ -134,12 +135,11 @@ class FastPathProtocol(asyncio.Protocol):
         if self._shared.closing:
             self.abort()
         else:
-            self._idle_timer = self._loop.call_later(KEEPALIVE_S, self.close_when_idle)
+            self._last_active = self._loop.time()
+            self._idle_timer = self._loop.call_later(KEEPALIVE_S, self._close_if_idle)
 
     def data_received(self, data: bytes) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        self._last_active = self._loop.time()
         if self._in_message:
             self._chunks.append(data)
         else:
@@ -286,7 +286,7 @@ class FastPathProtocol(asyncio.Protocol):
             if self._reading_paused:
                 self._reading_paused = False
                 self._transport.resume_reading()
-            self._idle_timer = self._loop.call_later(KEEPALIVE_S, self.close_when_idle)
+            self._last_active = self._loop.time()
 
     def _write(self, answer: ProxyAnswer, keep_alive: bool, http10: bool) -> None:
         transport = self._transport
@@ -311,12 +311,27 @@ class FastPathProtocol(asyncio.Protocol):
             return
         self._transport = None
         self._shared.forget(self)
+        if self._idle_timer is not None:  # aiohttp keeps its own time from here
+            self._idle_timer.cancel()
+            self._idle_timer = None
         protocol = self._shared.aiohttp_server()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         protocol.data_received(replay)
         if self._reading_paused:
             transport.resume_reading()
+
+    def _close_if_idle(self) -> None:
+        """Close after KEEPALIVE_S without a byte or an answer; otherwise look again then.
+        (One timer per connection, not one per request: less work on the request path.)"""
+        idle_s = self._loop.time() - self._last_active
+        if self._worker is None and idle_s >= KEEPALIVE_S:
+            self._idle_timer = None
+            self.close_when_idle()
+        else:
+            self._idle_timer = self._loop.call_later(
+                max(KEEPALIVE_S - idle_s, 1.0), self._close_if_idle
+            )
 
     def close_when_idle(self) -> None:
         self._closing = True

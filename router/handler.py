@@ -2,10 +2,12 @@
 
 `ProxyHandler.forward` takes a ProxyRequest and gives a ProxyAnswer, whichever HTTP server
 parsed the request: the fast path (router.fastpath) for POSTs to experiment routes, aiohttp
-(`ProxyHandler.handle`) for the rest and in in-process tests. Counting and the exposure record
-are batched and run RECORD_DELAY_S later, off the user's latency: in front of a model that takes
-milliseconds, they run while the router waits for the next answer. `settle()` runs them now;
-a /metrics scrape and shutdown do.
+(`ProxyHandler.handle`) for the rest and in in-process tests. Whatever the answer does not need
+waits: the metrics, the guard's view of each backend call and the exposure record are batched
+and run RECORD_DELAY_S later, off the user's latency (in front of a model that takes
+milliseconds, while the router waits for the next answer). `settle()` runs them now; a /metrics
+scrape and shutdown do. On this path every Python step counts: code that runs right after an
+idle wait runs several times slower than back to back (docs/router.md, "Benchmark").
 
 Per request: find the experiment by path, read the unit id, assign an arm, POST the body as
 received to that arm's backend. If the treatment fails and the experiment falls back to control,
@@ -49,7 +51,7 @@ from router.responses import JSON, error_body
 from router.units import BadUnit, logged_unit, unit_of
 
 MAX_SHADOW_IN_FLIGHT = 64
-RECORD_DELAY_S = 0.002
+RECORD_DELAY_S = 0.02
 # One encoder: `json.dumps(..., separators=...)` would build a new one per call.
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
 OVERRIDE_HEADER = "X-Variant-Override"

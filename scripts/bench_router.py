@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,6 +53,9 @@ class Result:
     errors: int
     proxy_cpu_s: Optional[float]
     duration_s: float
+    # Median over rounds of (this path's p50 - direct's p50 in the same round): steadier than
+    # the difference of two medians when the backend's own latency drifts between rounds.
+    p50_overhead_ms: Optional[float] = None
 
     @property
     def per_core(self) -> Optional[float]:
@@ -470,7 +474,8 @@ def measure(
     rounds: int,
 ) -> list[Result]:
     """Every (target, concurrency) `rounds` times, interleaved so that a noisy minute on a
-    shared machine hits all paths alike; the median round of each is reported."""
+    shared machine hits all paths alike; the median round of each is reported, with its
+    p50 overhead over direct paired round by round."""
     from tqdm import tqdm
 
     runs = [
@@ -491,7 +496,15 @@ def measure(
         used = cpu_seconds(target.pids) - before if before is not None else None
         result = Result(target.backend, target.path, conc, rps, p50, p99, errors, used, duration)
         measured.setdefault((target.backend, target.path, conc), []).append(result)
-    return [median_round(results) for results in measured.values()]
+    medians = []
+    for (backend, path, conc), results in measured.items():
+        chosen = median_round(results)
+        direct = measured.get((backend, "direct", conc))
+        if path != "direct" and direct:
+            paired = [r.p50_ms - d.p50_ms for r, d in zip(results, direct)]
+            chosen.p50_overhead_ms = statistics.median(paired)
+        medians.append(chosen)
+    return medians
 
 
 def median_round(results: list[Result]) -> Result:
@@ -525,11 +538,12 @@ def report(results: list[Result]) -> None:
                 continue
             line = (
                 f"{backend} c={conc}: router/direct throughput {routed.requests_per_s / direct.requests_per_s:.3f}, "
-                f"p50 overhead {routed.p50_ms - direct.p50_ms:+.2f} ms"
+                f"p50 overhead {routed.p50_overhead_ms:+.2f} ms"
             )
             if split is not None:
                 line += (
                     f"; nginx/direct throughput {split.requests_per_s / direct.requests_per_s:.3f}"
+                    f", p50 overhead {split.p50_overhead_ms:+.2f} ms"
                 )
                 if routed.per_core and split.per_core:
                     line += f"; router/nginx req/s per core {routed.per_core / split.per_core:.3f}"
@@ -538,7 +552,7 @@ def report(results: list[Result]) -> None:
                     f"; router/bare-aiohttp req/s per core {routed.per_core / plain.per_core:.3f}"
                 )
             if raw is not None:
-                line += f"; bare Python p50 overhead {raw.p50_ms - direct.p50_ms:+.2f} ms"
+                line += f"; bare Python p50 overhead {raw.p50_overhead_ms:+.2f} ms"
             print(line)
 
 
