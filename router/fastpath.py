@@ -37,6 +37,9 @@ from router.live import LiveRegistry
 log = logging.getLogger(__name__)
 
 KEEPALIVE_S = 75.0  # aiohttp's default: an idle connection closes after this
+# On shutdown, a keep-alive connection answered less than this ago stays open until then: its
+# client may be sending the next request right now, and closing under it would fail that.
+SHUTDOWN_GRACE_S = 0.25
 MAX_QUEUED = 16
 # A body over max_body_bytes is read and dropped up to this many times the limit, then cut off.
 DISCARD_FACTOR = 16  # pipelined requests waiting on one connection before reading pauses
@@ -79,11 +82,11 @@ class FastPath:
         return FastPathProtocol(self)
 
     async def shutdown(self, timeout: float) -> None:
-        """Close idle connections now; the others after their answer in progress."""
+        """Close idle connections (after SHUTDOWN_GRACE_S); the others after their answer."""
         self.closing = True
         self._drained = asyncio.Event()
         for connection in list(self.connections):
-            connection.close_when_idle()
+            connection.close_when_idle(SHUTDOWN_GRACE_S)
         if self.connections:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._drained.wait(), timeout)
@@ -333,9 +336,16 @@ class FastPathProtocol(asyncio.Protocol):
                 max(KEEPALIVE_S - idle_s, 1.0), self._close_if_idle
             )
 
-    def close_when_idle(self) -> None:
+    def close_when_idle(self, grace_s: float = 0.0) -> None:
+        """Close when no request is in progress (else after its answer), and not before
+        `grace_s` after the last byte received or answer written."""
         self._closing = True
-        if self._worker is None and self._transport is not None:
+        if self._worker is not None or self._transport is None:
+            return
+        wait_s = self._last_active + grace_s - self._loop.time()
+        if wait_s > 0:
+            self._loop.call_later(wait_s, self.close_when_idle)
+        else:
             self._transport.close()
 
     def abort(self) -> None:

@@ -10,9 +10,11 @@
 - `request_id_of(headers)`: the client's `X-Request-Id` when it is a sane token, else a new one.
   It is echoed in a response header and logged, so it is never taken verbatim when odd.
 - `parse_json(body)`: strict JSON: `NaN` and `Infinity`, which Python accepts and the Go
-  gateway refuses, raise ValueError like any other bad JSON. orjson parses what it can (a
-  fraction of the standard library's cost on the request path); the standard library decides
-  the rest (a lone surrogate, an integer past 64 bits, UTF-16), so the result is the same.
+  gateway refuses, raise ValueError like any other bad JSON (`strict=False` takes them, for
+  backend replies). orjson parses first, at a fraction of the standard library's cost; the
+  standard library decides what orjson refuses (a lone surrogate, UTF-16) or may have read
+  differently (it reads an integer past 64 bits as a float), so the top-level fields the router
+  reads are the same.
 - `BODY_ERRORS`: what reading or parsing a body may raise besides "too large".
 """
 
@@ -48,12 +50,20 @@ def _no_constant(name: str) -> Any:
 _DECODER = json.JSONDecoder(parse_constant=_no_constant)
 
 
-def parse_json(body: bytes) -> Any:
-    """`json.loads` without the non-standard constants NaN, Infinity and -Infinity."""
+def parse_json(body: bytes, *, strict: bool = True) -> Any:
+    """`json.loads`, without the non-standard constants NaN, Infinity and -Infinity if strict."""
     try:
-        return orjson.loads(body)
+        parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
         pass
+    else:
+        # The router reads an object's top-level fields only (a unit id, logid, err_no). A float
+        # among them may be an integer orjson rounded: the standard library reads it again, and
+        # anything but an object, which the router refuses anyway.
+        if isinstance(parsed, dict) and float not in set(map(type, parsed.values())):
+            return parsed
+    if not strict:
+        return json.loads(body)
     # An object starting `{"` is UTF-8 (RFC 8259); anything else may be UTF-16 or -32.
     encoding = "utf-8" if body[:2] == b'{"' else json.detect_encoding(body)
     return _DECODER.decode(body.decode(encoding, "surrogatepass"))

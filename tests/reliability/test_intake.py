@@ -51,6 +51,17 @@ def test_parse_json_is_strict(text: bytes) -> None:
         parse_json(text)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [b'{"user_id": 100000000000000000000}', b'{"logid": -9223372036854775809}',
+     b'{"a": 1.5, "b": [1, "x", {"c": null}]}', b'{"key": ["\\u00fc"], "value": ["1"]}',
+     b'{"user_id": 12345678901234567890123}', b'[18446744073709551616]', b'"x"'],
+)  # fmt: skip
+def test_parse_json_reads_what_the_standard_library_reads(text: bytes) -> None:
+    # orjson reads integers past 64 bits as floats; what the router reads must not change.
+    assert repr(parse_json(text)) == repr(json.loads(text))
+
+
 def test_parse_json_deep_nesting_raises_recursion_error_not_crash() -> None:
     with pytest.raises(RecursionError):
         parse_json(b"[" * 100_000 + b"]" * 100_000)

@@ -17,6 +17,7 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestServer
 
+from router import fastpath
 from tests.router.fakes import FakePipeline, start_fake, url_of
 from tests.router.harness import DEMO_BODY, FastPathTestServer, build_app, exposures, registry
 
@@ -207,4 +208,23 @@ async def test_stopping_lets_the_answer_in_progress_finish(
     answer = await busy.answer()
     assert answer.status == 200 and answer.headers["connection"] == "close"
     assert await busy.closed() and await idle.closed()
+    await stopping
+
+
+async def test_a_request_sent_as_the_router_stops_is_still_answered(
+    router: FastPathTestServer, connect: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that just had its answer may be sending the next request when the stop comes:
+    its keep-alive connection stays open SHUTDOWN_GRACE_S (long here), not closed under it."""
+    monkeypatch.setattr(fastpath, "SHUTDOWN_GRACE_S", 5.0)
+    client = await connect()
+    await client.send(post())
+    assert (await client.answer()).status == 200
+    assert router.runner is not None
+    stopping = asyncio.ensure_future(router.runner.cleanup())
+    await asyncio.sleep(0.2)  # the stop is under way: no new connections
+    await client.send(post())
+    answer = await client.answer()
+    assert answer.status == 200 and answer.headers["connection"] == "close"
+    assert await client.closed()
     await stopping
