@@ -33,7 +33,7 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=s
 class _UtcClock:
     """ISO 8601 UTC timestamps with milliseconds, formatting the date part once a second.
 
-    One is taken per request; datetime.isoformat() was a visible share of the request path.
+    One is formatted per request; datetime.isoformat() was a visible share of that work.
     The cache is one tuple, replaced whole: the log writer thread formats timestamps too.
     """
 
