@@ -103,8 +103,6 @@ class BackendRuntime:
     def pick(self) -> Optional[EndpointState]:
         """The next endpoint in rotation, round-robin; None when all are ejected."""
         count = len(self.endpoints)
-        if count == 1:
-            return self.endpoints[0] if self.endpoints[0].up else None
         for offset in range(count):
             endpoint = self.endpoints[(self.cursor + offset) % count]
             if endpoint.up:
