@@ -397,11 +397,11 @@ class ProxyHandler:
             result = "error"
         elif outcome.fallback:
             result = "fallback"
-            metrics.fallbacks_for(experiment).inc()
+            metrics.fallbacks.add((experiment,))
         else:
             result = "ok"
-        metrics.requests_for(experiment, variant, result).inc()
-        metrics.request_duration_for(experiment, variant).observe(answered.latency_s)
+        metrics.requests.add((experiment, variant, result))
+        metrics.request_duration.observe((experiment, variant), answered.latency_s)
 
     def _log_exposure(self, answered: _Answered) -> None:
         settings = answered.snapshot.config.router

@@ -169,10 +169,11 @@ class Upstreams:
     def settle(self) -> None:
         """Count the calls made so far in the metrics; the request path only notes them."""
         uncounted, self._uncounted = self._uncounted, []
+        requests, duration = self._metrics.backend_requests, self._metrics.backend_duration
         for backend, outcome, seconds in uncounted:
-            self._metrics.backend_requests_for(backend, outcome).inc()
+            requests.add((backend, outcome))
             if seconds is not None:
-                self._metrics.backend_duration_for(backend).observe(seconds)
+                duration.observe((backend,), seconds)
 
     def _request(
         self,

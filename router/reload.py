@@ -53,10 +53,12 @@ class ConfigReloader:
 
     async def watch_forever(self) -> None:
         """Reload whenever the file's content changes; runs until cancelled."""
-        seen = self._fingerprint()
+        loop = asyncio.get_running_loop()
+        # Read in a worker thread: the event loop never waits on the disk.
+        seen = await loop.run_in_executor(None, self._fingerprint)
         while True:
             await asyncio.sleep(self._poll_interval)
-            now = self._fingerprint()
+            now = await loop.run_in_executor(None, self._fingerprint)
             if now != seen:
                 seen = now
                 await self.reload("file")
