@@ -7,9 +7,12 @@ runs one worker with an access log, so both proxies log every request.
 
 Besides req/s and latency it measures the CPU time each proxy process used during the run, so
 "req/s per core" compares the proxies' efficiency, not how the 2 shared cores were divided.
+Last, one client alternates requests between the paths in random order (`--probe-rounds`), for
+a p50 overhead at 1 client paired request by request against Paddle Serving.
 
 usage: scripts/bench_router.sh [--duration S] [--rounds N] [--static-concurrency 1,32]
                                [--paddle-concurrency 1,16] [--models DIR] [--skip-paddle]
+                               [--probe-rounds N]
                                [--isolate] [--json FILE]
 """
 
@@ -507,6 +510,59 @@ def measure(
     return medians
 
 
+def alternating_probe(targets: list[Target], body: bytes, rounds: int) -> dict[str, float]:
+    """p50 overhead over direct at 1 client, paired request by request: each round sends one
+    request to every path (keep-alive, random order) and takes each path's latency minus
+    direct's in that round. Unlike wrk runs minutes apart, a drift of the backend's own latency
+    hits every path alike; the paths also sit idle longer between requests, so code that has
+    to warm up again is seen (a harsher probe than wrk at 1 client)."""
+    import random
+    import socket
+
+    from tqdm import tqdm
+
+    def connect(url: str) -> tuple[socket.socket, bytes]:
+        host, port_path = url.removeprefix("http://").split(":", 1)
+        port, path = port_path.split("/", 1)
+        sock = socket.create_connection((host, int(port)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        head = f"POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        return sock, head.encode()
+
+    def call(sock: socket.socket, head: bytes, unit: int) -> float:
+        request = head + b"X-User-Id: user-%d\r\nContent-Length: %d\r\n\r\n" % (unit, len(body))
+        started = time.perf_counter()
+        sock.sendall(request + body)
+        reply = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise RuntimeError("bench: the connection closed mid-probe")
+            reply += chunk
+            head_end = reply.find(b"\r\n\r\n")
+            if head_end >= 0:
+                length = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", reply[:head_end])
+                if length is None:
+                    raise RuntimeError("bench: a probe reply without Content-Length")
+                if len(reply) >= head_end + 4 + int(length.group(1)):
+                    return time.perf_counter() - started
+
+    connections = {t.path: connect(t.url) for t in targets}
+    differences: dict[str, list[float]] = {t.path: [] for t in targets if t.path != "direct"}
+    paths, rng = list(connections), random.Random(1)
+    try:
+        for _ in tqdm(range(rounds), desc="probe", unit="round", file=sys.stderr):
+            rng.shuffle(paths)
+            latency = {path: call(*connections[path], rng.randrange(10**9)) for path in paths}
+            for path, found in differences.items():
+                found.append(latency[path] - latency["direct"])
+            time.sleep(0.0005)
+    finally:
+        for sock, _ in connections.values():
+            sock.close()
+    return {path: statistics.median(found) * 1000 for path, found in differences.items()}
+
+
 def median_round(results: list[Result]) -> Result:
     """The round with the median throughput, errors summed over all rounds."""
     ordered = sorted(results, key=lambda r: r.requests_per_s)
@@ -567,6 +623,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--models", type=Path, default=REPO / "build" / "bench-models",
                         help="demo bundles (built there if missing)")  # fmt: skip
     parser.add_argument("--skip-paddle", action="store_true", help="static backend only")
+    parser.add_argument("--probe-rounds", type=int, default=500,
+                        help="alternating-client rounds against Paddle Serving (0: none)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
         "--isolate",
@@ -647,16 +705,26 @@ def main(argv: Optional[list[str]] = None) -> int:
             WRK_PREFIX[:] = ["taskset", "-c", ",".join(map(str, sorted(front)))]
             print(f"bench: backends on CPU {cpus[-1]}, proxies and wrk on {sorted(front)}")
         results = measure(targets, concurrency, script, args.duration, args.rounds)
+        probe: dict[str, float] = {}
+        if paddle is not None and args.probe_rounds > 0:
+            body = json.dumps(demo_request(1)).encode()
+            paddle_targets = [t for t in targets if t.backend == "paddle"]
+            probe = alternating_probe(paddle_targets, body, args.probe_rounds)
         time.sleep(0.5)  # the router flushes its exposure log every 0.2 s
         logged = sum(
             len(p.read_text().splitlines())
             for p in (work / "router-logs").glob("exposures-*.jsonl")
         )
     report(results)
+    if probe:
+        print(
+            f"\npaddle c=1, alternating client ({args.probe_rounds} rounds, paired per request): "
+            + ", ".join(f"{path} p50 overhead {ms:+.2f} ms" for path, ms in probe.items())
+        )
     print(f"\nrouter exposure records written during the benchmark: {logged}")
     if args.json:
         rows = [{**asdict(r), "per_core": r.per_core} for r in results]
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps({"runs": rows, "alternating_probe_ms": probe}, indent=2))
     return 0
 
 
