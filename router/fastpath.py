@@ -40,9 +40,9 @@ KEEPALIVE_S = 75.0  # aiohttp's default: an idle connection closes after this
 # On shutdown, a keep-alive connection answered less than this ago stays open until then: its
 # client may be sending the next request right now, and closing under it would fail that.
 SHUTDOWN_GRACE_S = 0.25
-MAX_QUEUED = 16
+MAX_QUEUED = 16  # pipelined requests waiting on one connection before reading pauses
 # A body over max_body_bytes is read and dropped up to this many times the limit, then cut off.
-DISCARD_FACTOR = 16  # pipelined requests waiting on one connection before reading pauses
+DISCARD_FACTOR = 16
 # Requests with these headers go to aiohttp, which implements what they ask for.
 ASK_AIOHTTP = frozenset(("content-encoding", "expect", "upgrade"))
 

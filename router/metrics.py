@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Callable
+from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import (
@@ -30,7 +30,22 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 
 
-class _LiveGauge(Collector):
+class _Labelled(Collector):
+    """A labelled family whose samples this object gives at scrape time."""
+
+    family: Callable[..., Metric] = GaugeMetricFamily  # CounterMetricFamily, ...
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
+        self._name, self._documentation, self._labels = name, documentation, list(labels)
+
+    def _empty(self) -> Any:
+        return self.family(self._name, self._documentation, labels=self._labels)
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._empty()
+
+
+class _LiveGauge(_Labelled):
     """A labelled gauge whose samples come from a callback at scrape time."""
 
     def __init__(
@@ -40,17 +55,14 @@ class _LiveGauge(Collector):
         labels: list[str],
         samples: Callable[[], Iterable[tuple[tuple[str, ...], float]]],
     ) -> None:
-        self._name, self._documentation, self._labels = name, documentation, labels
+        super().__init__(name, documentation, labels)
         self._samples = samples
 
     def collect(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily(self._name, self._documentation, labels=self._labels)
+        family = self._empty()
         for label_values, value in self._samples():
             family.add_metric(list(label_values), value)
         yield family
-
-    def describe(self) -> Iterator[Metric]:
-        yield GaugeMetricFamily(self._name, self._documentation, labels=self._labels)
 
 
 class _BeforeScrape(Collector):
@@ -65,12 +77,14 @@ class _BeforeScrape(Collector):
         return iter(())
 
 
-class Tally(Collector):
+class Tally(_Labelled):
     """A labelled counter for the request path: `add(labels)` is one dict update.
     Only the event loop touches it (the request path and /metrics both run there)."""
 
+    family = CounterMetricFamily
+
     def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
-        self._name, self._documentation, self._labels = name, documentation, list(labels)
+        super().__init__(name, documentation, labels)
         self.counts: dict[tuple[str, ...], int] = {}
 
     def add(self, labels: tuple[str, ...]) -> None:
@@ -78,22 +92,21 @@ class Tally(Collector):
         counts[labels] = counts.get(labels, 0) + 1
 
     def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(self._name, self._documentation, labels=self._labels)
+        family = self._empty()
         for labels, count in self.counts.items():
             family.add_metric(labels, count)
         yield family
 
-    def describe(self) -> Iterator[Metric]:
-        yield CounterMetricFamily(self._name, self._documentation, labels=self._labels)
 
-
-class TallyHistogram(Collector):
+class TallyHistogram(_Labelled):
     """A labelled histogram for the request path: `observe` is a bisect and two additions."""
+
+    family = HistogramMetricFamily
 
     def __init__(
         self, name: str, documentation: str, labels: Sequence[str], buckets: Sequence[float]
     ) -> None:
-        self._name, self._documentation, self._labels = name, documentation, list(labels)
+        super().__init__(name, documentation, labels)
         self._bounds = tuple(buckets)
         self._le = [str(float(bound)) for bound in self._bounds] + ["+Inf"]
         # Per label set: the count in each bucket (the last one is +Inf), then the sum.
@@ -107,7 +120,7 @@ class TallyHistogram(Collector):
         counts[-1] += value
 
     def collect(self) -> Iterator[Metric]:
-        family = HistogramMetricFamily(self._name, self._documentation, labels=self._labels)
+        family = self._empty()
         for labels, counts in self.series.items():
             cumulative, total = [], 0.0
             for le, count in zip(self._le, counts):
@@ -115,9 +128,6 @@ class TallyHistogram(Collector):
                 cumulative.append((le, total))
             family.add_metric(labels, cumulative, counts[-1])
         yield family
-
-    def describe(self) -> Iterator[Metric]:
-        yield HistogramMetricFamily(self._name, self._documentation, labels=self._labels)
 
 
 class RouterMetrics:

@@ -35,6 +35,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
+from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -371,7 +372,7 @@ def serve_raw_proxy(port: int, upstreams: list[str]) -> None:
 
 
 @contextmanager
-def plain_proxy(
+def reference_proxy(
     work: Path, upstreams: dict[str, str], kind: str = "plain"
 ) -> Iterator[tuple[int, list[int]]]:
     """A reference proxy in a child process: `plain` (aiohttp) or `raw` (serve_raw_proxy)."""
@@ -522,11 +523,13 @@ def alternating_probe(targets: list[Target], body: bytes, rounds: int) -> dict[s
     from tqdm import tqdm
 
     def connect(url: str) -> tuple[socket.socket, bytes]:
-        host, port_path = url.removeprefix("http://").split(":", 1)
-        port, path = port_path.split("/", 1)
-        sock = socket.create_connection((host, int(port)))
+        parts = urlsplit(url)
+        sock = socket.create_connection((parts.hostname, parts.port or 80))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        head = f"POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        head = (
+            f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            "Content-Type: application/json\r\n"
+        )
         return sock, head.encode()
 
     def call(sock: socket.socket, head: bytes, unit: int) -> float:
@@ -680,8 +683,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         routes = {"static": "/static/prediction", "paddle": "/sentiment/prediction"}
         backends = {"static": static, "paddle": paddle}
         prefixes = {"/static/": static, "/sentiment/": paddle or static}
-        plain_port, plain_pids = stack.enter_context(plain_proxy(work, prefixes))
-        raw_port, raw_pids = stack.enter_context(plain_proxy(work, prefixes, "raw"))
+        plain_port, plain_pids = stack.enter_context(reference_proxy(work, prefixes))
+        raw_port, raw_pids = stack.enter_context(reference_proxy(work, prefixes, "raw"))
         proxies = {
             "router": (router_port, router_pids),
             "nginx": (split_port, split_pids),
