@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
@@ -511,12 +511,31 @@ def measure(
     return medians
 
 
-def alternating_probe(targets: list[Target], body: bytes, rounds: int) -> dict[str, float]:
+class ProbeResult(NamedTuple):
+    """A path's paired overhead over direct: the median and its 95% interval, in ms."""
+
+    p50_ms: float
+    low_ms: float
+    high_ms: float
+
+
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """A distribution-free interval for the median: the order statistics whose ranks bound
+    it with `confidence`, from the Binomial(n, 1/2) law of how many values fall below it."""
+    from scipy.stats import binom
+
+    ordered = sorted(values)
+    below = max(int(binom.ppf((1 - confidence) / 2, len(ordered), 0.5)) - 1, 0)
+    return ordered[below], ordered[len(ordered) - 1 - below]
+
+
+def alternating_probe(targets: list[Target], body: bytes, rounds: int) -> dict[str, ProbeResult]:
     """p50 overhead over direct at 1 client, paired request by request: each round sends one
     request to every path (keep-alive, random order) and takes each path's latency minus
     direct's in that round. Unlike wrk runs minutes apart, a drift of the backend's own latency
     hits every path alike; the paths also sit idle longer between requests, so code that has
-    to warm up again is seen (a harsher probe than wrk at 1 client)."""
+    to warm up again is seen (a harsher probe than wrk at 1 client). With the median comes its
+    95% interval: whether a path is under a bound is then a claim with its uncertainty."""
     import random
     import socket
 
@@ -563,7 +582,12 @@ def alternating_probe(targets: list[Target], body: bytes, rounds: int) -> dict[s
     finally:
         for sock, _ in connections.values():
             sock.close()
-    return {path: statistics.median(found) * 1000 for path, found in differences.items()}
+    return {
+        path: ProbeResult(
+            statistics.median(found) * 1000, *(ms * 1000 for ms in median_interval(found))
+        )
+        for path, found in differences.items()
+    }
 
 
 def median_round(results: list[Result]) -> Result:
@@ -708,7 +732,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             WRK_PREFIX[:] = ["taskset", "-c", ",".join(map(str, sorted(front)))]
             print(f"bench: backends on CPU {cpus[-1]}, proxies and wrk on {sorted(front)}")
         results = measure(targets, concurrency, script, args.duration, args.rounds)
-        probe: dict[str, float] = {}
+        probe: dict[str, ProbeResult] = {}
         if paddle is not None and args.probe_rounds > 0:
             body = json.dumps(demo_request(1)).encode()
             paddle_targets = [t for t in targets if t.backend == "paddle"]
@@ -722,12 +746,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     if probe:
         print(
             f"\npaddle c=1, alternating client ({args.probe_rounds} rounds, paired per request): "
-            + ", ".join(f"{path} p50 overhead {ms:+.2f} ms" for path, ms in probe.items())
+            + ", ".join(
+                f"{path} p50 overhead {r.p50_ms:+.2f} ms (95% CI {r.low_ms:+.2f} to {r.high_ms:+.2f})"
+                for path, r in probe.items()
+            )
         )
     print(f"\nrouter exposure records written during the benchmark: {logged}")
     if args.json:
         rows = [{**asdict(r), "per_core": r.per_core} for r in results]
-        args.json.write_text(json.dumps({"runs": rows, "alternating_probe_ms": probe}, indent=2))
+        report_json = {
+            "runs": rows,
+            "alternating_probe_ms": {path: r.p50_ms for path, r in probe.items()},
+            "alternating_probe_interval_ms": {
+                path: [r.low_ms, r.high_ms] for path, r in probe.items()
+            },
+        }
+        args.json.write_text(json.dumps(report_json, indent=2))
     return 0
 
 
