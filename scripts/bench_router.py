@@ -582,12 +582,11 @@ def alternating_probe(targets: list[Target], body: bytes, rounds: int) -> dict[s
     finally:
         for sock, _ in connections.values():
             sock.close()
-    return {
-        path: ProbeResult(
-            statistics.median(found) * 1000, *(ms * 1000 for ms in median_interval(found))
-        )
-        for path, found in differences.items()
-    }
+    results = {}
+    for path, found in differences.items():
+        low, high = median_interval(found)
+        results[path] = ProbeResult(statistics.median(found) * 1000, low * 1000, high * 1000)
+    return results
 
 
 def median_round(results: list[Result]) -> Result:
