@@ -213,7 +213,11 @@ def _backends(upstreams: Upstreams, handler: ProxyHandler) -> CleanupContext:
 
 def _config_reload(reloader: ConfigReloader, watch: bool) -> CleanupContext:
     async def context(app: web.Application) -> AsyncIterator[None]:
-        watcher = asyncio.ensure_future(reloader.watch_forever()) if watch else None
+        watcher = None
+        if watch:
+            # Taken here, before the app serves, not in the task: a read still pending in the
+            # worker thread when a first edit lands would take that edit as the start.
+            watcher = asyncio.ensure_future(reloader.watch_forever(await reloader.fingerprint()))
         reloader.install_sighup()
         yield
         reloader.remove_sighup()

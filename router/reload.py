@@ -51,19 +51,21 @@ class ConfigReloader:
         self._lock: Optional[asyncio.Lock] = None
         self._signalled: set[asyncio.Task[bool]] = set()
 
-    async def watch_forever(self) -> None:
-        """Reload whenever the file's content changes; runs until cancelled."""
-        loop = asyncio.get_running_loop()
-        # Read in a worker thread: the event loop never waits on the disk.
-        seen = await loop.run_in_executor(None, self._fingerprint)
+    async def fingerprint(self) -> Fingerprint:
+        """The file's content hash, read in a worker thread: the loop never waits on the disk."""
+        return await asyncio.get_running_loop().run_in_executor(None, self._read_fingerprint)
+
+    async def watch_forever(self, seen: Fingerprint) -> None:
+        """Reload whenever the file's content differs from `seen`; runs until cancelled.
+        `seen` is taken before the app serves, so no edit made after that can be missed."""
         while True:
             await asyncio.sleep(self._poll_interval)
-            now = await loop.run_in_executor(None, self._fingerprint)
+            now = await self.fingerprint()
             if now != seen:
                 seen = now
                 await self.reload("file")
 
-    def _fingerprint(self) -> Fingerprint:
+    def _read_fingerprint(self) -> Fingerprint:
         # The content itself, not mtime: two saves within one timestamp tick look the same to
         # stat, and the file is small enough to read four times a second.
         try:
