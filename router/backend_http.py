@@ -27,7 +27,7 @@ import functools
 import os
 import ssl
 from collections import deque
-from typing import Callable, NamedTuple, Optional, cast
+from typing import Callable, NamedTuple, Optional, Union, cast
 from urllib.parse import quote, urlsplit
 
 import httptools
@@ -45,13 +45,17 @@ class BackendHttpTimeout(BackendHttpError):
     """A call that missed its deadline."""
 
 
-class _StaleConnection(BackendHttpError):
+class StaleConnection(BackendHttpError):
     """A connection closed before the first byte of the reply: on a reused one, retried."""
 
 
 class HttpReply(NamedTuple):
     status: int
     body: bytes
+
+
+# Where a connection hands the outcome of a call: the reply, or why there is none.
+Deliver = Callable[[Union[HttpReply, BackendHttpError]], None]
 
 
 class Origin(NamedTuple):
@@ -90,11 +94,11 @@ def _header_value(value: str) -> bytes:
     return bytes(byte for byte in encoded if (byte >= 0x20 and byte != 0x7F) or byte == 0x09)
 
 
-class _Connection(asyncio.Protocol):
-    """One keep-alive connection; `send` sends a request, its future gets the whole reply."""
+class Connection(asyncio.Protocol):
+    """One keep-alive connection; `start` sends a request and hands over the whole reply."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, on_closed: Callable[[_Connection], None]
+        self, loop: asyncio.AbstractEventLoop, on_closed: Callable[[Connection], None]
     ) -> None:
         self._loop = loop
         self._on_closed = on_closed
@@ -102,7 +106,7 @@ class _Connection(asyncio.Protocol):
         self.transport: Optional[asyncio.Transport] = None
         self.closed = False
         self.idle_since = 0.0
-        self._waiter: Optional[asyncio.Future[HttpReply]] = None
+        self._deliver: Optional[Deliver] = None
         self._deadline_timer: Optional[asyncio.TimerHandle] = None
         self.keep_alive = False  # the last reply allows another request on this connection
         self._received = False  # any byte of the current reply
@@ -118,7 +122,7 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        if self._waiter is None:
+        if self._deliver is None:
             self._abandon(BackendHttpError("reply without a request"))
             return
         self._received = True
@@ -141,14 +145,12 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self._headers_done and not self._framed():
             self._finish()  # the reply was delimited by the close
-        waiter = self._end_call()
-        if waiter is not None:
+        deliver = self._end_call()
+        if deliver is not None:
             if not self._received:
-                waiter.set_exception(
-                    _StaleConnection("server closed the connection before replying")
-                )
+                deliver(StaleConnection("server closed the connection before replying"))
             else:
-                waiter.set_exception(BackendHttpError("server closed the connection mid-reply"))
+                deliver(BackendHttpError("server closed the connection mid-reply"))
         self._on_closed(self)
 
     # httptools callbacks
@@ -176,11 +178,11 @@ class _Connection(asyncio.Protocol):
 
     # the client side
 
-    def send(self, data: bytes, deadline: float) -> asyncio.Future[HttpReply]:
-        """Send `data`; the future gets the whole reply, or fails when `deadline` passes.
-        (A plain call, not a coroutine: the request path awaits the future directly.)"""
+    def start(self, data: bytes, deadline: float, deliver: Deliver) -> None:
+        """Send `data`; `deliver` gets the whole reply, or the error, at the latest when
+        `deadline` passes. Raises StaleConnection if the connection is already gone."""
         assert self.transport is not None
-        waiter = self._waiter = self._loop.create_future()
+        self._deliver = deliver
         self._received = self._headers_done = self.keep_alive = False
         self._header_lines, self._body, self._size = [], [], 0
         self._deadline_timer = self._loop.call_at(deadline, self._expire)
@@ -188,7 +190,12 @@ class _Connection(asyncio.Protocol):
             self.transport.write(data)
         except (RuntimeError, OSError):  # closed, and connection_lost not yet delivered
             self._end_call()
-            raise _StaleConnection("connection closed before the request went out") from None
+            raise StaleConnection("connection closed before the request went out") from None
+
+    def send(self, data: bytes, deadline: float) -> asyncio.Future[HttpReply]:
+        """`start` for a coroutine: the future gets the reply or the error."""
+        waiter: asyncio.Future[HttpReply] = self._loop.create_future()
+        self.start(data, deadline, functools.partial(_resolve, waiter))
         return waiter
 
     def _framed(self) -> bool:
@@ -200,29 +207,31 @@ class _Connection(asyncio.Protocol):
                 return True
         return False
 
-    def _end_call(self) -> Optional[asyncio.Future[HttpReply]]:
-        """The call in progress is over: stop its deadline; its future, if not yet resolved."""
-        waiter, self._waiter = self._waiter, None
+    def _end_call(self) -> Optional[Deliver]:
+        """The call in progress is over: stop its deadline; where its outcome goes, if
+        not yet delivered."""
+        deliver, self._deliver = self._deliver, None
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
             self._deadline_timer = None
-        return waiter if waiter is not None and not waiter.done() else None
+        return deliver
 
     def _finish(self) -> None:
-        waiter = self._end_call()
-        if waiter is not None:
-            waiter.set_result(HttpReply(self._parser.get_status_code(), b"".join(self._body)))
+        deliver = self._end_call()
+        reply = HttpReply(self._parser.get_status_code(), b"".join(self._body))
         self._body = []
+        if deliver is not None:
+            deliver(reply)
 
     def _expire(self) -> None:
         self._abandon(BackendHttpTimeout("deadline passed"))
 
     def _abandon(self, error: BackendHttpError) -> None:
         """Fail the call in progress and drop the connection: its state is unknown now."""
-        waiter = self._end_call()
-        if waiter is not None:
-            waiter.set_exception(error)
-        self.close()
+        deliver = self._end_call()
+        self.close()  # before delivering: whoever gets the error finds it closed
+        if deliver is not None:
+            deliver(error)
 
     def closing(self) -> bool:
         return self.closed or self.transport is None or self.transport.is_closing()
@@ -243,9 +252,15 @@ class _Slots:
         self.free = limit
         self._waiters: deque[asyncio.Future[None]] = deque()
 
-    async def take(self, deadline: float) -> None:
+    def try_take(self) -> bool:
+        """Take a free slot if there is one and nobody waits for it."""
         if self.free > 0 and not self._waiters:
             self.free -= 1
+            return True
+        return False
+
+    async def take(self, deadline: float) -> None:
+        if self.try_take():
             return
         waiter: asyncio.Future[None] = self._loop.create_future()
         self._waiters.append(waiter)
@@ -268,6 +283,17 @@ class _Slots:
         self.free += 1
 
 
+def _resolve(
+    waiter: asyncio.Future[HttpReply], outcome: Union[HttpReply, BackendHttpError]
+) -> None:
+    if waiter.done():  # the caller was cancelled
+        return
+    if isinstance(outcome, BackendHttpError):
+        waiter.set_exception(outcome)
+    else:
+        waiter.set_result(outcome)
+
+
 def _time_out(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_exception(BackendHttpTimeout("deadline passed waiting for a free connection"))
@@ -275,10 +301,10 @@ def _time_out(waiter: asyncio.Future[None]) -> None:
 
 class _OriginState:
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, limit: int, on_closed: Callable[[_Connection], None]
+        self, loop: asyncio.AbstractEventLoop, limit: int, on_closed: Callable[[Connection], None]
     ) -> None:
-        self.idle: deque[_Connection] = deque()
-        self.open: set[_Connection] = set()
+        self.idle: deque[Connection] = deque()
+        self.open: set[Connection] = set()
         self.slots = _Slots(loop, limit)
         self.on_closed = on_closed  # given to each connection: bookkeeping when it closes
 
@@ -320,7 +346,7 @@ class ConnectionPool:
         if self._closing:
             raise BackendHttpError("client closed")
         deadline = self._loop.time() + timeout_s
-        data = head + str(len(body)).encode("ascii") + b"\r\n\r\n" + body
+        data = self._message(head, body)
         state = self._origins.get(origin)
         if state is None:
             state = self._origins[origin] = _OriginState(
@@ -334,7 +360,7 @@ class ConnectionPool:
                 if connection is not None:
                     try:
                         return await self._exchange(origin, state, connection, data, deadline)
-                    except _StaleConnection:
+                    except StaleConnection:
                         pass
                 connection = await self._connect(origin, state, deadline)
                 return await self._exchange(origin, state, connection, data, deadline)
@@ -342,6 +368,41 @@ class ConnectionPool:
                 self._slots.give_back()
         finally:
             state.slots.give_back()
+
+    def start_now(
+        self, origin: Origin, head: bytes, body: bytes, timeout_s: float, deliver: Deliver
+    ) -> Optional[Connection]:
+        """`request` without waiting, for the request path: on an idle connection, when one is
+        free within the limits. Returns the connection, which the caller hands to `done` once
+        `deliver` has the outcome; None when the call would wait or connect (use `request`).
+
+        StaleConnection is delivered like any error here, not retried: the caller retries it.
+        """
+        state = self._origins.get(origin)
+        if state is None or not state.idle or self._closing:
+            return None
+        if not state.slots.try_take():
+            return None
+        if not self._slots.try_take():
+            state.slots.give_back()
+            return None
+        connection = self._idle(state)
+        if connection is not None:
+            try:
+                connection.start(self._message(head, body), self._loop.time() + timeout_s, deliver)
+                return connection
+            except StaleConnection:
+                connection.close()
+        self._slots.give_back()
+        state.slots.give_back()
+        return None
+
+    def done(self, origin: Origin, connection: Connection) -> None:
+        """A call from `start_now` is over: its connection back to the idle ones, or closed."""
+        self._slots.give_back()
+        state = self._origins[origin]
+        state.slots.give_back()
+        self._recycle(state, connection)
 
     async def close(self) -> None:
         """Close every connection; calls still in progress fail."""
@@ -351,7 +412,7 @@ class ConnectionPool:
                 connection.close()
         await asyncio.sleep(0)  # let the transports run connection_lost
 
-    def _idle(self, state: _OriginState) -> Optional[_Connection]:
+    def _idle(self, state: _OriginState) -> Optional[Connection]:
         """The newest idle connection still usable; older ones past keepalive are closed."""
         expired_before = self._loop.time() - self._keepalive_s
         while state.idle:
@@ -362,7 +423,7 @@ class ConnectionPool:
             return connection
         return None
 
-    async def _connect(self, origin: Origin, state: _OriginState, deadline: float) -> _Connection:
+    async def _connect(self, origin: Origin, state: _OriginState, deadline: float) -> Connection:
         if self._open >= self._limit:
             self._close_oldest_idle()
         tls = self._tls_context() if origin.scheme == "https" else None
@@ -370,7 +431,7 @@ class ConnectionPool:
         try:
             _, connection = await asyncio.wait_for(
                 self._loop.create_connection(
-                    lambda: _Connection(self._loop, state.on_closed),
+                    lambda: Connection(self._loop, state.on_closed),
                     origin.host,
                     origin.port,
                     ssl=tls,
@@ -391,7 +452,7 @@ class ConnectionPool:
         self,
         origin: Origin,
         state: _OriginState,
-        connection: _Connection,
+        connection: Connection,
         data: bytes,
         deadline: float,
     ) -> HttpReply:
@@ -400,14 +461,21 @@ class ConnectionPool:
         except BaseException:
             connection.close()  # a cancelled or failed call leaves the stream mid-reply
             raise
+        self._recycle(state, connection)
+        return reply
+
+    def _recycle(self, state: _OriginState, connection: Connection) -> None:
         if connection.keep_alive and not connection.closed and not self._closing:
             connection.idle_since = self._loop.time()
             state.idle.append(connection)
         else:
             connection.close()
-        return reply
 
-    def _forget(self, origin: Origin, connection: _Connection) -> None:
+    @staticmethod
+    def _message(head: bytes, body: bytes) -> bytes:
+        return head + str(len(body)).encode("ascii") + b"\r\n\r\n" + body
+
+    def _forget(self, origin: Origin, connection: Connection) -> None:
         state = self._origins.get(origin)
         if state is not None and connection in state.open:
             state.open.discard(connection)

@@ -2,7 +2,8 @@
 
 `python -m router` listens with FastPathSite. Each connection's requests are parsed by llhttp
 (httptools, the parser uvicorn uses). A POST to an experiment route goes straight to
-`ProxyHandler.forward` and its answer is written as bytes. Anything else (the admin API,
+`ProxyHandler.start` from the parser's callback, and its answer is written as bytes from the
+handler's callback: no Task per request. Anything else (the admin API,
 /metrics, /events, a percent-encoded path, a body with a Content-Encoding, `Expect`, an
 upgrade) hands the connection over to aiohttp for good: the bytes of that request are replayed
 into aiohttp's own protocol, which serves the rest of the connection. Both paths run the same
@@ -122,7 +123,9 @@ class FastPathProtocol(asyncio.Protocol):
         self._began_mid_chunk = False
         # Answering.
         self._queue: deque[_Queued] = deque()
-        self._worker: Optional[asyncio.Task[None]] = None
+        self._answering: Optional[tuple[bool, bool]] = None  # keep-alive, HTTP/1.0; or idle
+        self._draining = False  # in _answer_queued
+        self._answered_last = False  # an answer with `Connection: close` went out
         self._handover: Optional[bytes] = None
         self._reading_paused = False
         self._closing = False
@@ -242,9 +245,11 @@ class FastPathProtocol(asyncio.Protocol):
         return path if path in self._shared.live.current.routes else None
 
     def _enqueue(self, item: _Queued) -> None:
+        if self._answered_last:
+            return
         self._queue.append(item)
-        if self._worker is None:
-            self._worker = self._loop.create_task(self._answer_queued())
+        if self._answering is None:
+            self._answer_queued()
         elif len(self._queue) >= MAX_QUEUED:
             self._pause_reading()
 
@@ -258,40 +263,53 @@ class FastPathProtocol(asyncio.Protocol):
         self._pause_reading()
         self._enqueue(self._shared.handler.refuse(status, code, message))
 
-    async def _answer_queued(self) -> None:
+    def _answer_queued(self) -> None:
+        """Answer the queued requests in order, one at a time; then go on with the connection.
+        (A loop, not recursion: the handler answers an error at once, through `_answered`.)"""
+        if self._draining:
+            return
+        self._draining = True
         try:
-            while self._queue:
+            while self._queue and self._answering is None and not self._answered_last:
                 item = self._queue.popleft()
                 if isinstance(item, ProxyAnswer):
                     self._write(item, keep_alive=False, http10=False)
-                    return
+                    break
                 request, keep_alive, http10 = item
-                try:
-                    answer = await self._shared.handler.forward(request)
-                except Exception:  # a bug must not leave the client waiting
-                    log.exception("fast path: answering %s failed", request.path)
-                    answer = self._shared.handler.refuse(
-                        500, "internal_error", "the router failed on this request"
-                    )
-                keep_alive = keep_alive and not self._closing and not self._shared.closing
-                self._write(answer, keep_alive, http10)
-                if not keep_alive:
-                    return
+                self._answering = (keep_alive, http10)
+                self._shared.handler.start(request, self._answered)
         finally:
-            self._worker = None
-        if self._transport is None:
+            self._draining = False
+        if self._answering is None:
+            self._went_idle()
+
+    def _answered(self, answer: ProxyAnswer) -> None:
+        """The handler's callback."""
+        answering, self._answering = self._answering, None
+        assert answering is not None
+        keep_alive, http10 = answering
+        keep_alive = keep_alive and not self._closing and not self._shared.closing
+        self._write(answer, keep_alive, http10)
+        self._answer_queued()
+
+    def _went_idle(self) -> None:
+        transport = self._transport
+        if transport is None or self._answered_last:
             return
         if self._handover is not None:
             self._hand_over(self._handover)
         elif self._closing or self._shared.closing:
-            self._transport.close()
+            transport.close()
         else:
             if self._reading_paused:
                 self._reading_paused = False
-                self._transport.resume_reading()
+                transport.resume_reading()
             self._last_active = self._loop.time()
 
     def _write(self, answer: ProxyAnswer, keep_alive: bool, http10: bool) -> None:
+        if not keep_alive:
+            self._answered_last = True
+            self._queue.clear()
         transport = self._transport
         if transport is None:
             return
@@ -302,7 +320,7 @@ class FastPathProtocol(asyncio.Protocol):
     # --- handing over, closing ------------------------------------------------------------
 
     def _hand_over_when_idle(self, replay: bytes) -> None:
-        if self._worker is None:
+        if self._answering is None:
             self._hand_over(replay)
         else:  # answer what came before first; read nothing until then
             self._handover = replay
@@ -328,7 +346,7 @@ class FastPathProtocol(asyncio.Protocol):
         """Close after KEEPALIVE_S without a byte or an answer; otherwise look again then.
         (One timer per connection, not one per request: less work on the request path.)"""
         idle_s = self._loop.time() - self._last_active
-        if self._worker is None and idle_s >= KEEPALIVE_S:
+        if self._answering is None and idle_s >= KEEPALIVE_S:
             self._idle_timer = None
             self.close_when_idle()
         else:
@@ -340,7 +358,7 @@ class FastPathProtocol(asyncio.Protocol):
         """Close when no request is in progress (else after its answer), and not before
         `grace_s` after the last byte received or answer written."""
         self._closing = True
-        if self._worker is not None or self._transport is None:
+        if self._answering is not None or self._transport is None:
             return
         wait_s = self._last_active + grace_s - self._loop.time()
         if wait_s > 0:

@@ -1,8 +1,17 @@
 """The request path: assign, forward unchanged, fall back, answer, log the exposure, count.
 
-`ProxyHandler.forward` takes a ProxyRequest and gives a ProxyAnswer, whichever HTTP server
-parsed the request: the fast path (router.fastpath) for POSTs to experiment routes, aiohttp
-(`ProxyHandler.handle`) for the rest and in in-process tests. Whatever the answer does not need
+`ProxyHandler.start` takes a ProxyRequest and hands its ProxyAnswer to a callback, whichever
+HTTP server parsed the request: the fast path (router.fastpath) for POSTs to experiment routes,
+aiohttp (`ProxyHandler.handle`, through `forward`) for the rest and in in-process tests.
+
+The usual request runs as callbacks, with no Task, future or coroutine: the backend call goes
+out from `start` on an idle keep-alive connection, and the answer is written from that
+connection's reply callback. Every other case (no idle connection, a failure to retry or fall
+back from, a shadow copy) goes on in a Task through the same `_serve` as ever: on this path
+each layer costs, and together they were half the router's latency overhead (docs/router.md,
+"Benchmark").
+
+Whatever the answer does not need
 waits: the metrics, the guard's view of each backend call and the exposure record are batched
 and run RECORD_DELAY_S later, off the user's latency (in front of a model that takes
 milliseconds, while the router waits for the next answer). `settle()` runs them now; a /metrics
@@ -27,14 +36,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import time
 from collections.abc import Mapping
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 from aiohttp import web
 
 from router.admin import AdminAuth
 from router.assign import Arm, Assignment, ExperimentPlan
+from router.backend_http import BackendHttpError, HttpReply, StaleConnection
 from router.events import EventLogs, utc_iso
 from router.hooks import (
     ConfiguredTraffic,
@@ -46,9 +57,11 @@ from router.hooks import (
 from router.intake import BODY_ERRORS, parse_json, pipeline_problem, request_id_of
 from router.live import LiveRegistry, Snapshot
 from router.metrics import RouterMetrics
-from router.proxy import BackendFailure, BackendReply, Upstreams
+from router.proxy import Attempt, BackendFailure, BackendReply, EndpointState, Resume, Upstreams
 from router.responses import JSON, error_body
 from router.units import BadUnit, logged_unit, unit_of
+
+log = logging.getLogger(__name__)
 
 MAX_SHADOW_IN_FLIGHT = 64
 RECORD_DELAY_S = 0.02
@@ -82,21 +95,78 @@ class _Outcome(NamedTuple):
     failures: tuple[BackendFailure, ...]  # in call order: the assigned arm's, then control's
 
 
-class _Answered(NamedTuple):
-    """A request answered and not yet counted or logged."""
+Respond = Callable[[ProxyAnswer], None]
 
-    answered_at: float  # time.time(): an outcome sent right after must not come before it
-    headers: Mapping[str, str]
-    snapshot: Snapshot
-    experiment: str
-    unit: Optional[str]
-    assignment: Assignment
-    assigned: Arm
-    outcome: _Outcome
-    status: int
-    latency_s: float
-    request_id: str
-    overridden: bool
+
+class _Exchange:
+    """One request from its admission to its answer; then its record, counted, observed and
+    logged RECORD_DELAY_S later. (One plain object per request: on this path every layer of
+    tuples, futures and coroutines costs; see the module docstring.)"""
+
+    __slots__ = (
+        "answered_at",
+        "assigned",
+        "assignment",
+        "attempt",
+        "body",
+        "content_type",
+        "experiment",
+        "headers",
+        "latency_s",
+        "outcome",
+        "overridden",
+        "path",
+        "plan",
+        "request_id",
+        "respond",
+        "shadow_arm",
+        "snapshot",
+        "started",
+        "status",
+        "unit",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        started: float,
+        headers: Mapping[str, str],
+        snapshot: Snapshot,
+        experiment: str,
+        plan: ExperimentPlan,
+        unit: Optional[str],
+        assignment: Assignment,
+        assigned: Arm,
+        shadow_arm: Optional[Arm],
+        overridden: bool,
+        path: str,
+        body: bytes,
+        content_type: str,
+        respond: Optional[Respond],
+    ) -> None:
+        self.started = started  # time.perf_counter()
+        self.headers = headers
+        self.snapshot = snapshot
+        self.experiment = experiment
+        self.plan = plan
+        self.unit = unit
+        self.assignment = assignment
+        self.assigned = assigned  # the arm called first: control for a shadow experiment
+        self.shadow_arm = shadow_arm  # the arm sent a copy, in shadow mode
+        self.overridden = overridden
+        self.path = path
+        self.body = body
+        self.content_type = content_type
+        self.respond = respond  # None once answered
+        self.attempt: Optional[Attempt] = None
+        # Set with the answer.
+        self.outcome = _NO_OUTCOME
+        self.status = 0
+        self.latency_s = 0.0
+        self.answered_at = 0.0  # time.time(): an outcome sent right after must not come before
+        self.request_id = ""
+
+
+_NO_OUTCOME = _Outcome(None, None, False, ())
 
 
 class ProxyHandler:
@@ -117,7 +187,8 @@ class ProxyHandler:
         self._traffic: TrafficPolicy = ConfiguredTraffic(live.config)
         self._shadow_listener: Optional[ShadowListener] = None
         self._shadows: set[asyncio.Task[None]] = set()
-        self._unrecorded: list[_Answered] = []
+        self._waiting: set[asyncio.Task[None]] = set()  # requests answered from a Task
+        self._unrecorded: list[_Exchange] = []
         self._record_timer: Optional[asyncio.TimerHandle] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         metrics.before_scrape(self.settle)
@@ -155,6 +226,29 @@ class ProxyHandler:
         return _response(answer)
 
     async def forward(self, request: ProxyRequest) -> ProxyAnswer:
+        """`start` for a coroutine."""
+        answered: asyncio.Future[ProxyAnswer] = self._running_loop().create_future()
+        self.start(request, functools.partial(_resolve, answered))
+        return await answered
+
+    def start(self, request: ProxyRequest, respond: Respond) -> None:
+        """Answer `request` by calling `respond` once, later (never from inside this call)
+        unless the router answers it itself (an error). The backend call goes out from here
+        when an idle connection is free, and its reply is answered from the connection's
+        callback; anything else (a wait for a connection, a failure to retry or fall back
+        from, a shadow copy) goes on in a Task."""
+        try:
+            admitted = self._admit(request, respond)
+            if isinstance(admitted, _Exchange):
+                self._send(admitted)
+                return
+        except Exception:  # a bug must not leave the client waiting
+            log.exception("answering %s failed", request.path)
+            admitted = self.refuse(500, "internal_error", "the router failed on this request")
+        respond(admitted)
+
+    def _admit(self, request: ProxyRequest, respond: Respond) -> Union[_Exchange, ProxyAnswer]:
+        """The request checked and assigned, or the router's own answer to it."""
         started = time.perf_counter()
         snapshot = self._live.current
         path = request.path
@@ -179,41 +273,101 @@ class ProxyHandler:
         if problem is not None:
             return self.refuse(400, "bad_body", problem)
 
-        settings = snapshot.config.router
-        experiment = snapshot.config.experiments[name]
+        headers = request.headers
         plan = snapshot.plans[name]
         try:
-            unit = unit_of(request.headers, payload, settings.unit_id)
+            unit = unit_of(headers, payload, snapshot.config.router.unit_id)
         except BadUnit as exc:
             return self.refuse(400, "bad_unit", str(exc))
-        wanted = request.headers.get(OVERRIDE_HEADER)
+        wanted = headers.get(OVERRIDE_HEADER)
         if wanted is None:
             assignment = plan.assign(unit, self._traffic.effective_traffic(name))
         else:
-            overridden = self._override(request, plan, wanted)
+            overridden = self._override(headers, plan, wanted)
             if isinstance(overridden, ProxyAnswer):
                 return overridden
             assignment = overridden
-        content_type = request.headers.get("Content-Type") or JSON
-        assigned = assignment.arm
-        control_answer: Optional[asyncio.Future[Optional[BackendReply]]] = None
-        if experiment.mode == "shadow" and wanted is None:
+        assigned, shadow_arm = assignment.arm, None
+        if snapshot.config.experiments[name].mode == "shadow" and wanted is None:
             # Everyone gets control; treatment units also send a copy to the treatment.
             if not assignment.is_control:
-                control_answer = self._shadow(snapshot, name, assigned, path, body, content_type)
+                shadow_arm = assigned
             assigned = plan.control
+        return _Exchange(
+            started, headers, snapshot, name, plan, unit, assignment, assigned, shadow_arm,
+            wanted is not None, path, body, headers.get("Content-Type") or JSON, respond,
+        )  # fmt: skip
+
+    def _send(self, exchange: _Exchange) -> None:
+        """Call the assigned arm's backend: at once on an idle connection, else from a Task."""
+        resume: Optional[Resume] = None
+        if exchange.shadow_arm is None:
+            started = self._upstreams.try_call(
+                exchange.snapshot.backends[exchange.assigned.backend],
+                exchange.path,
+                exchange.body,
+                exchange.content_type,
+                functools.partial(self._replied, exchange),
+            )
+            if type(started) is Attempt:
+                exchange.attempt = started
+                return
+            if type(started) is EndpointState:
+                resume = Resume(started)
+        self._go_on_in_task(exchange, resume)
+
+    def _replied(self, exchange: _Exchange, delivered: Union[HttpReply, BackendHttpError]) -> None:
+        """The backend connection's callback for a call `_send` started."""
+        attempt = exchange.attempt
+        assert attempt is not None
         try:
-            outcome = await self._serve(
-                snapshot, assigned, plan.control, experiment.fallback == "control",
-                path, body, content_type,
-            )  # fmt: skip
+            reply = attempt.reply(delivered)
+        except StaleConnection:  # the idle connection had closed: call again on a new one
+            self._go_on_in_task(exchange, Resume(attempt.endpoint))
+            return
+        except BackendFailure as failure:  # retry, fall back or fail, as `_serve` decides
+            self._go_on_in_task(exchange, Resume(attempt.endpoint, failure))
+            return
+        try:
+            self._answer(exchange, _Outcome(exchange.assigned, reply, False, ()))
+        except Exception:  # here, it would fail the backend connection instead
+            self._answer_failed(exchange)
+
+    def _go_on_in_task(self, exchange: _Exchange, resume: Optional[Resume]) -> None:
+        task = asyncio.ensure_future(self._go_on(exchange, resume))
+        self._waiting.add(task)
+        task.add_done_callback(self._waiting.discard)
+
+    async def _go_on(self, exchange: _Exchange, resume: Optional[Resume]) -> None:
+        control_answer: Optional[asyncio.Future[Optional[BackendReply]]] = None
+        try:
+            if exchange.shadow_arm is not None:
+                control_answer = self._shadow(exchange, exchange.shadow_arm)
+            outcome = await self._serve(exchange, resume)
             if control_answer is not None:
                 control_answer.set_result(outcome.reply)
+            self._answer(exchange, outcome)
+        except Exception:
+            self._answer_failed(exchange)
         finally:
             # The shadow copy waits for control's answer; never leave it waiting.
             if control_answer is not None and not control_answer.done():
                 control_answer.set_result(None)
-        request_id = request_id_of(request.headers)
+
+    def _answer_failed(self, exchange: _Exchange) -> None:
+        log.exception("answering %s failed", exchange.path)
+        respond, exchange.respond = exchange.respond, None
+        if respond is not None:
+            respond(self.refuse(500, "internal_error", "the router failed on this request"))
+
+    def _answer(self, exchange: _Exchange, outcome: _Outcome) -> None:
+        """Answer with `outcome`, and keep the exchange to count and log it later."""
+        name, assigned, enrolled = (
+            exchange.experiment,
+            exchange.assigned.name,
+            exchange.assignment.enrolled,
+        )
+        request_id = request_id_of(exchange.headers)
         reply = outcome.reply
         if reply is not None:
             answer = ProxyAnswer(
@@ -221,15 +375,13 @@ class ProxyHandler:
                 {
                     "Content-Type": JSON,
                     "X-Experiment": name,
-                    "X-Variant": assigned.name,
+                    "X-Variant": assigned,
                     "X-Model-Version": reply.version,
                     "X-Request-Id": request_id,
                 },
                 _with_experiment(
                     reply,
-                    _experiment_json(
-                        name, assigned.name, reply.version, assignment.enrolled, outcome.fallback
-                    ),
+                    _experiment_json(name, assigned, reply.version, enrolled, outcome.fallback),
                 ),
             )
         else:
@@ -240,30 +392,32 @@ class ProxyHandler:
                 {
                     "Content-Type": JSON,
                     "X-Experiment": name,
-                    "X-Variant": assigned.name,
+                    "X-Variant": assigned,
                     "X-Request-Id": request_id,
                 },
                 error_body(
                     "backend_timeout" if status == 504 else "backend_unavailable",
                     "no variant could answer: " + "; ".join(str(f) for f in outcome.failures),
                     request_id=request_id,
-                    experiment=_experiment_info(
-                        name, assigned.name, None, assignment.enrolled, outcome.fallback
-                    ),
+                    experiment=_experiment_info(name, assigned, None, enrolled, outcome.fallback),
                 ),
             )
-        self._unrecorded.append(
-            _Answered(
-                time.time(), request.headers, snapshot, name, unit, assignment, assigned,
-                outcome, answer.status, time.perf_counter() - started, request_id,
-                wanted is not None,
-            )
-        )  # fmt: skip
+        exchange.outcome = outcome
+        exchange.status = answer.status
+        exchange.request_id = request_id
+        exchange.answered_at = time.time()
+        exchange.latency_s = time.perf_counter() - exchange.started
+        respond, exchange.respond = exchange.respond, None
+        if respond is not None:
+            respond(answer)
+        self._unrecorded.append(exchange)
         if self._record_timer is None:
-            if self._loop is None:  # asyncio.get_running_loop() costs a getpid() system call
-                self._loop = asyncio.get_running_loop()
-            self._record_timer = self._loop.call_later(RECORD_DELAY_S, self.settle)
-        return answer
+            self._record_timer = self._running_loop().call_later(RECORD_DELAY_S, self.settle)
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:  # asyncio.get_running_loop() costs a getpid() system call
+            self._loop = asyncio.get_running_loop()
+        return self._loop
 
     def settle(self) -> None:
         """Count, observe and log the requests answered so far."""
@@ -278,10 +432,10 @@ class ProxyHandler:
             self._log_exposure(answered)
 
     def _override(
-        self, request: ProxyRequest, plan: ExperimentPlan, wanted: str
+        self, headers: Mapping[str, str], plan: ExperimentPlan, wanted: str
     ) -> Union[Assignment, ProxyAnswer]:
         """The arm `X-Variant-Override` asks for (never enrolled), or the refusal."""
-        if not self._auth.allows(request.headers.get("Authorization")):
+        if not self._auth.allows(headers.get("Authorization")):
             return self.refuse(
                 403,
                 "override_forbidden",
@@ -296,22 +450,18 @@ class ProxyHandler:
             )
         return Assignment(arm, enrolled=False, bucket=None, is_control=arm is plan.control)
 
-    async def _serve(
-        self,
-        snapshot: Snapshot,
-        assigned: Arm,
-        control: Arm,
-        fallback_to_control: bool,
-        path: str,
-        body: bytes,
-        content_type: str,
-    ) -> _Outcome:
+    async def _serve(self, exchange: _Exchange, resume: Optional[Resume]) -> _Outcome:
+        """Call the assigned arm (going on from `resume`); if it fails, control, where the
+        experiment falls back to it."""
+        snapshot, assigned, control = exchange.snapshot, exchange.assigned, exchange.plan.control
         backends, call = snapshot.backends, self._upstreams.call
+        path, body, content_type = exchange.path, exchange.body, exchange.content_type
         try:
-            reply = await call(backends[assigned.backend], path, body, content_type)
+            reply = await call(backends[assigned.backend], path, body, content_type, resume)
             return _Outcome(assigned, reply, False, ())
         except BackendFailure as failure:
-            if assigned is control or not fallback_to_control:
+            fallback = snapshot.config.experiments[exchange.experiment].fallback
+            if assigned is control or fallback != "control":
                 return _Outcome(None, None, False, (failure,))
             first = failure
         try:
@@ -321,23 +471,19 @@ class ProxyHandler:
             return _Outcome(None, None, False, (first, second))
 
     def _shadow(
-        self,
-        snapshot: Snapshot,
-        experiment: str,
-        arm: Arm,
-        path: str,
-        body: bytes,
-        content_type: str,
+        self, exchange: _Exchange, arm: Arm
     ) -> Optional[asyncio.Future[Optional[BackendReply]]]:
         """Send a copy to `arm` in the background; the returned future takes control's answer,
         for the shadow listener to compare. None if too many copies are in flight."""
+        experiment, snapshot = exchange.experiment, exchange.snapshot
+        path, body, content_type = exchange.path, exchange.body, exchange.content_type
         if len(self._shadows) >= MAX_SHADOW_IN_FLIGHT:
             self._metrics.shadow_skipped.labels(experiment).inc()
             if self._shadow_listener is not None:
                 self._shadow_listener.shadow_dropped(experiment, arm.name)
             return None
         control_answer: asyncio.Future[Optional[BackendReply]] = (
-            asyncio.get_running_loop().create_future()
+            self._running_loop().create_future()
         )
 
         async def mirror() -> None:
@@ -365,10 +511,10 @@ class ProxyHandler:
         return control_answer
 
     async def close(self) -> None:
-        """Let shadow copies in flight finish (they are bounded by the backend timeout), then
-        count and log everything answered."""
-        if self._shadows:
-            await asyncio.gather(*self._shadows, return_exceptions=True)
+        """Let requests and shadow copies in flight finish (they are bounded by the backend
+        timeout), then count and log everything answered."""
+        if self._waiting or self._shadows:
+            await asyncio.gather(*self._waiting, *self._shadows, return_exceptions=True)
         self.settle()
 
     def refuse(
@@ -380,7 +526,7 @@ class ProxyHandler:
             status, {"Content-Type": JSON, **(headers or {})}, error_body(code, message)
         )
 
-    def _observe(self, answered: _Answered) -> None:
+    def _observe(self, answered: _Exchange) -> None:
         """Show the guard each backend call of the request: the assigned arm's, then control's
         if it stood in."""
         outcome, experiment = answered.outcome, answered.experiment
@@ -390,7 +536,7 @@ class ProxyHandler:
         if outcome.served is not None and outcome.reply is not None:
             self._observer.observe(experiment, outcome.served.name, outcome.reply.latency_s, True)
 
-    def _account(self, answered: _Answered) -> None:
+    def _account(self, answered: _Exchange) -> None:
         metrics, outcome = self._metrics, answered.outcome
         experiment, variant = answered.experiment, answered.assigned.name
         if outcome.reply is None:
@@ -403,7 +549,7 @@ class ProxyHandler:
         metrics.requests.add((experiment, variant, result))
         metrics.request_duration.observe((experiment, variant), answered.latency_s)
 
-    def _log_exposure(self, answered: _Answered) -> None:
+    def _log_exposure(self, answered: _Exchange) -> None:
         settings = answered.snapshot.config.router
         outcome = answered.outcome
         record: dict[str, Any] = {
@@ -425,6 +571,11 @@ class ProxyHandler:
         for field, header in settings.attributes.items():
             record[field] = answered.headers.get(header)
         self._logs.exposures.write(record)
+
+
+def _resolve(answered: asyncio.Future[ProxyAnswer], answer: ProxyAnswer) -> None:
+    if not answered.done():  # aiohttp cancels the handler when its client goes
+        answered.set_result(answer)
 
 
 def _response(answer: ProxyAnswer) -> web.Response:

@@ -15,14 +15,17 @@ import logging
 import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, Optional
+from typing import Any, Literal, NamedTuple, Optional, Union
 
 from router.backend_http import (
     BackendHttpError,
     BackendHttpTimeout,
+    Connection,
     ConnectionPool,
+    Deliver,
     HttpReply,
     Origin,
+    StaleConnection,
     request_head,
 )
 from router.config import BackendConfig, RouterSettings
@@ -189,20 +192,56 @@ class Upstreams:
         head = endpoint.head(method, path, content_type)
         return self._pool.request(endpoint.origin, head, body, backend.timeout_s)
 
+    def try_call(
+        self, backend: BackendRuntime, path: str, body: bytes, content_type: str, deliver: Deliver
+    ) -> Union[Attempt, EndpointState, None]:
+        """Start the call `call` would make, at once if an idle connection is free: the Attempt,
+        whose connection hands the outcome to `deliver` (for `Attempt.reply`). Otherwise the
+        endpoint picked, for `call(..., resume=Resume(endpoint))`, or None if none is in
+        rotation (`call` fails it)."""
+        endpoint = backend.pick()
+        if endpoint is None or self._pool is None:
+            return None
+        target_path = backend.config.path or path
+        head = endpoint.head("POST", target_path, content_type)
+        started = time.perf_counter()
+        connection = self._pool.start_now(endpoint.origin, head, body, backend.timeout_s, deliver)
+        if connection is None:
+            return endpoint
+        return Attempt(
+            self,
+            self._pool,
+            backend,
+            endpoint,
+            connection,
+            started,
+            target_path,
+            body,
+            content_type,
+        )
+
     async def call(
-        self, backend: BackendRuntime, path: str, body: bytes, content_type: str
+        self,
+        backend: BackendRuntime,
+        path: str,
+        body: bytes,
+        content_type: str,
+        resume: Optional[Resume] = None,
     ) -> BackendReply:
         """POST `body` to the next endpoint of `backend`; raises BackendFailure.
 
         When the endpoint fails at the transport level without a timeout (refused, reset,
         HTTP 5xx, not JSON: a dead or broken replica), the request goes once to the next
         endpoint in rotation; a prediction is safe to repeat. The reply's latency covers both.
+        `resume` goes on from a call `try_call` started: to its endpoint, or past its failure.
         """
-        endpoint = backend.pick()
+        endpoint = backend.pick() if resume is None else resume.endpoint
         if endpoint is None:
             self._uncounted.append((backend.name, "error", None))
             raise BackendFailure(backend.name, "error", "no endpoint in rotation", 0.0)
         try:
+            if resume is not None and resume.failure is not None:
+                raise resume.failure
             return await self._call_endpoint(backend, endpoint, path, body, content_type)
         except BackendFailure as failure:
             other = backend.pick() if failure.retryable else None
@@ -231,19 +270,35 @@ class Upstreams:
         target_path = backend.config.path or path
         started = time.perf_counter()
         try:
-            status, raw = await self._request(
+            delivered: Union[HttpReply, BackendHttpError] = await self._request(
                 backend, endpoint, "POST", target_path, body, content_type
             )
-        except BackendHttpTimeout:
+        except BackendHttpError as exc:
+            delivered = exc
+        return self.judge(backend, endpoint, delivered, started, target_path, body, content_type)
+
+    def judge(
+        self,
+        backend: BackendRuntime,
+        endpoint: EndpointState,
+        delivered: Union[HttpReply, BackendHttpError],
+        started: float,
+        target_path: str,
+        body: bytes,
+        content_type: str,
+    ) -> BackendReply:
+        """What an endpoint's call came to: the reply, or the BackendFailure raised."""
+        if isinstance(delivered, BackendHttpTimeout):
             raise self._transport_failure(
                 backend,
                 endpoint,
                 "timeout",
                 f"no answer in {backend.config.timeout_ms} ms",
                 started,
-            ) from None
-        except BackendHttpError as exc:
-            raise self._transport_failure(backend, endpoint, "error", str(exc), started) from None
+            )
+        if isinstance(delivered, BackendHttpError):
+            raise self._transport_failure(backend, endpoint, "error", str(delivered), started)
+        status, raw = delivered
         if status >= 500:
             raise self._transport_failure(backend, endpoint, "error", f"HTTP {status}", started)
         try:
@@ -337,3 +392,65 @@ class Upstreams:
 
     def _endpoint_samples(self) -> list[tuple[tuple[str, str], float]]:
         return [((e.backend, e.url), 1.0 if e.up else 0.0) for e in self._endpoints.values()]
+
+
+class Resume(NamedTuple):
+    """Where `Upstreams.call` goes on from an Attempt: its endpoint, and its failure if any
+    (None: the call is made again there, as when the idle connection had closed)."""
+
+    endpoint: EndpointState
+    failure: Optional[BackendFailure] = None
+
+
+class Attempt:
+    """A backend call under way on an idle connection, started by `Upstreams.try_call`."""
+
+    __slots__ = (
+        "_body",
+        "_connection",
+        "_content_type",
+        "_path",
+        "_pool",
+        "_started",
+        "_upstreams",
+        "backend",
+        "endpoint",
+    )
+
+    def __init__(
+        self,
+        upstreams: Upstreams,
+        pool: ConnectionPool,
+        backend: BackendRuntime,
+        endpoint: EndpointState,
+        connection: Connection,
+        started: float,
+        path: str,
+        body: bytes,
+        content_type: str,
+    ) -> None:
+        self._upstreams = upstreams
+        self._pool = pool
+        self.backend = backend
+        self.endpoint = endpoint
+        self._connection = connection
+        self._started = started
+        self._path = path
+        self._body = body
+        self._content_type = content_type
+
+    def reply(self, delivered: Union[HttpReply, BackendHttpError]) -> BackendReply:
+        """What the connection delivered, judged as `call` would: raises BackendFailure, or
+        StaleConnection when the idle connection had closed (make the call again)."""
+        self._pool.done(self.endpoint.origin, self._connection)
+        if isinstance(delivered, StaleConnection):
+            raise delivered
+        return self._upstreams.judge(
+            self.backend,
+            self.endpoint,
+            delivered,
+            self._started,
+            self._path,
+            self._body,
+            self._content_type,
+        )
