@@ -111,7 +111,9 @@ class Connection(asyncio.Protocol):
         self.keep_alive = False  # the last reply allows another request on this connection
         self._received = False  # any byte of the current reply
         self._headers_done = False
-        self._header_lines: list[tuple[bytes, bytes]] = []  # of the current reply
+        # The current reply's bytes up to its headers' end, read only if the connection
+        # closes mid-reply (no per-header callback: this is the request path).
+        self._head: list[bytes] = []
         self._body: list[bytes] = []
         self._size = 0
 
@@ -126,6 +128,8 @@ class Connection(asyncio.Protocol):
             self._abandon(BackendHttpError("reply without a request"))
             return
         self._received = True
+        if not self._headers_done:
+            self._head.append(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -155,9 +159,6 @@ class Connection(asyncio.Protocol):
 
     # httptools callbacks
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_lines.append((name, value))
-
     def on_headers_complete(self) -> None:
         self._headers_done = True
 
@@ -171,7 +172,7 @@ class Connection(asyncio.Protocol):
         status = self._parser.get_status_code()
         if 100 <= status < 200:  # informational: the real reply follows
             self._headers_done = False
-            self._header_lines = []
+            self._head = []
             return
         self.keep_alive = self._parser.should_keep_alive()
         self._finish()
@@ -182,15 +183,16 @@ class Connection(asyncio.Protocol):
         """Send `data`; `deliver` gets the whole reply, or the error, at the latest when
         `deadline` passes. Raises StaleConnection if the connection is already gone."""
         assert self.transport is not None
-        self._deliver = deliver
-        self._received = self._headers_done = self.keep_alive = False
-        self._header_lines, self._body, self._size = [], [], 0
-        self._deadline_timer = self._loop.call_at(deadline, self._expire)
         try:
             self.transport.write(data)
         except (RuntimeError, OSError):  # closed, and connection_lost not yet delivered
-            self._end_call()
             raise StaleConnection("connection closed before the request went out") from None
+        # The reply can only come from a later turn of the loop; the request goes out first
+        # because every step before it adds to the latency (docs/router.md, "Benchmark").
+        self._deliver = deliver
+        self._received = self._headers_done = self.keep_alive = False
+        self._head, self._body, self._size = [], [], 0
+        self._deadline_timer = self._loop.call_at(deadline, self._expire)
 
     def send(self, data: bytes, deadline: float) -> asyncio.Future[HttpReply]:
         """`start` for a coroutine: the future gets the reply or the error."""
@@ -201,8 +203,10 @@ class Connection(asyncio.Protocol):
     def _framed(self) -> bool:
         """Content-Length or chunked: the reply does not end with the connection.
         (Asked only when the connection closes, so each header is not examined as it comes.)"""
-        for name, value in self._header_lines:
-            name = name.lower()
+        head = b"".join(self._head).split(b"\r\n\r\n", 1)[0].lower()
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip()
             if name == b"content-length" or (name == b"transfer-encoding" and b"chunked" in value):
                 return True
         return False
@@ -217,11 +221,12 @@ class Connection(asyncio.Protocol):
         return deliver
 
     def _finish(self) -> None:
-        deliver = self._end_call()
+        deliver, self._deliver = self._deliver, None
         reply = HttpReply(self._parser.get_status_code(), b"".join(self._body))
         self._body = []
         if deliver is not None:
             deliver(reply)
+        self._end_call()  # the deadline's timer, after the reply is on its way
 
     def _expire(self) -> None:
         self._abandon(BackendHttpTimeout("deadline passed"))
@@ -250,20 +255,14 @@ class _Slots:
     def __init__(self, loop: asyncio.AbstractEventLoop, limit: int) -> None:
         self._loop = loop
         self.free = limit
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    def try_take(self) -> bool:
-        """Take a free slot if there is one and nobody waits for it."""
-        if self.free > 0 and not self._waiters:
-            self.free -= 1
-            return True
-        return False
+        self.waiters: deque[asyncio.Future[None]] = deque()
 
     async def take(self, deadline: float) -> None:
-        if self.try_take():
+        if self.free > 0 and not self.waiters:
+            self.free -= 1
             return
         waiter: asyncio.Future[None] = self._loop.create_future()
-        self._waiters.append(waiter)
+        self.waiters.append(waiter)
         timer = self._loop.call_at(deadline, _time_out, waiter)
         try:
             await waiter
@@ -275,8 +274,8 @@ class _Slots:
             timer.cancel()
 
     def give_back(self) -> None:
-        while self._waiters:  # hand the slot straight to the first one still waiting
-            waiter = self._waiters.popleft()
+        while self.waiters:  # hand the slot straight to the first one still waiting
+            waiter = self.waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 return
@@ -346,7 +345,7 @@ class ConnectionPool:
         if self._closing:
             raise BackendHttpError("client closed")
         deadline = self._loop.time() + timeout_s
-        data = self._message(head, body)
+        data = head + b"%d\r\n\r\n" % len(body) + body
         state = self._origins.get(origin)
         if state is None:
             state = self._origins[origin] = _OriginState(
@@ -372,35 +371,36 @@ class ConnectionPool:
     def start_now(
         self, origin: Origin, head: bytes, body: bytes, timeout_s: float, deliver: Deliver
     ) -> Optional[Connection]:
-        """`request` without waiting, for the request path: on an idle connection, when one is
-        free within the limits. Returns the connection, which the caller hands to `done` once
-        `deliver` has the outcome; None when the call would wait or connect (use `request`).
-
-        StaleConnection is delivered like any error here, not retried: the caller retries it.
+        """`request` without waiting, for the request path: on the newest idle connection,
+        when the limits have room. Returns the connection, which the caller hands to `done`
+        once `deliver` has the outcome; None when the call would wait or connect (then use
+        `request`). A StaleConnection is delivered like any error, not retried: the caller
+        retries it.
         """
         state = self._origins.get(origin)
         if state is None or not state.idle or self._closing:
             return None
-        if not state.slots.try_take():
+        slots, all_slots, loop = state.slots, self._slots, self._loop
+        if slots.free <= 0 or slots.waiters or all_slots.free <= 0 or all_slots.waiters:
             return None
-        if not self._slots.try_take():
-            state.slots.give_back()
-            return None
-        connection = self._idle(state)
-        if connection is not None:
-            try:
-                connection.start(self._message(head, body), self._loop.time() + timeout_s, deliver)
-                return connection
-            except StaleConnection:
-                connection.close()
-        self._slots.give_back()
-        state.slots.give_back()
-        return None
+        connection = state.idle[-1]
+        if connection.idle_since < loop.time() - self._keepalive_s or connection.closing():
+            return None  # `request` closes it
+        try:
+            connection.start(
+                head + b"%d\r\n\r\n" % len(body) + body, loop.time() + timeout_s, deliver
+            )
+        except StaleConnection:
+            return None  # `request` closes it
+        state.idle.pop()
+        slots.free -= 1
+        all_slots.free -= 1
+        return connection
 
     def done(self, origin: Origin, connection: Connection) -> None:
         """A call from `start_now` is over: its connection back to the idle ones, or closed."""
-        self._slots.give_back()
         state = self._origins[origin]
+        self._slots.give_back()
         state.slots.give_back()
         self._recycle(state, connection)
 
@@ -470,10 +470,6 @@ class ConnectionPool:
             state.idle.append(connection)
         else:
             connection.close()
-
-    @staticmethod
-    def _message(head: bytes, body: bytes) -> bytes:
-        return head + str(len(body)).encode("ascii") + b"\r\n\r\n" + body
 
     def _forget(self, origin: Origin, connection: Connection) -> None:
         state = self._origins.get(origin)

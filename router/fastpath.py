@@ -26,7 +26,7 @@ import contextlib
 import logging
 from collections import deque
 from http import HTTPStatus
-from typing import Any, Optional, Union, cast
+from typing import Optional, Union, cast
 
 import httptools
 from aiohttp import web
@@ -46,14 +46,6 @@ MAX_QUEUED = 16  # pipelined requests waiting on one connection before reading p
 DISCARD_FACTOR = 16
 # Requests with these headers go to aiohttp, which implements what they ask for.
 ASK_AIOHTTP = frozenset(("content-encoding", "expect", "upgrade"))
-
-
-class _Headers(dict[str, str]):
-    """A request's headers by lower-case name, the first of repeated ones; `get` takes any case.
-    (Cheaper to build than a CIMultiDict, and the request path only ever calls `get`.)"""
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return dict.get(self, name.lower(), default)
 
 
 class _Handover(Exception):
@@ -112,7 +104,9 @@ class FastPathProtocol(asyncio.Protocol):
         # The request being parsed.
         self._in_message = False
         self._url = b""
-        self._headers = _Headers()
+        # By lower-case name, the first of repeated ones (cheaper than a CIMultiDict; the
+        # request path only looks names up, in lower case).
+        self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
         self._size = 0
         self._body_limit = 0
@@ -183,7 +177,7 @@ class FastPathProtocol(asyncio.Protocol):
         self._in_message = True
         self._began_mid_chunk = self._completed_in_chunk
         self._url = b""
-        self._headers = _Headers()
+        self._headers = {}
         self._body = []
         self._size = 0
 
@@ -225,9 +219,14 @@ class FastPathProtocol(asyncio.Protocol):
         if self._size > self._body_limit:
             self._refuse(413, "body_too_large", f"request body over {self._body_limit} bytes")
             return
+        parser = self._parser
         request = ProxyRequest("POST", self._path, self._headers, b"".join(self._body))
-        http10 = self._parser.get_http_version() == "1.0"
-        self._enqueue((request, self._parser.should_keep_alive(), http10))
+        keep_alive, http10 = parser.should_keep_alive(), parser.get_http_version() == "1.0"
+        if self._answering is None and not self._queue and not self._answered_last:
+            self._answering = (keep_alive, http10)  # the usual case: answer it now
+            self._shared.handler.start(request, self._answered)
+        else:
+            self._enqueue((request, keep_alive, http10))
 
     # --- answering ------------------------------------------------------------------------
 
@@ -290,7 +289,10 @@ class FastPathProtocol(asyncio.Protocol):
         keep_alive, http10 = answering
         keep_alive = keep_alive and not self._closing and not self._shared.closing
         self._write(answer, keep_alive, http10)
-        self._answer_queued()
+        if self._queue:
+            self._answer_queued()
+        elif not self._draining:
+            self._went_idle()
 
     def _went_idle(self) -> None:
         transport = self._transport

@@ -74,7 +74,8 @@ OVERRIDE_HEADER = "X-Variant-Override"
 
 
 class ProxyRequest(NamedTuple):
-    """What the proxy needs of a request; `headers` look names up case-insensitively."""
+    """What the proxy needs of a request; `headers` by lower-case name (a plain dict from the
+    fast path) or case-insensitive (aiohttp's)."""
 
     method: str
     path: str
@@ -126,44 +127,44 @@ class _Exchange:
         "unit",
     )  # fmt: skip
 
-    def __init__(
-        self,
-        started: float,
-        headers: Mapping[str, str],
-        snapshot: Snapshot,
-        experiment: str,
-        plan: ExperimentPlan,
-        unit: Optional[str],
-        assignment: Assignment,
-        assigned: Arm,
-        shadow_arm: Optional[Arm],
-        overridden: bool,
-        path: str,
-        body: bytes,
-        content_type: str,
-        respond: Optional[Respond],
-    ) -> None:
-        self.started = started  # time.perf_counter()
-        self.headers = headers
-        self.snapshot = snapshot
-        self.experiment = experiment
-        self.plan = plan
-        self.unit = unit
-        self.assignment = assignment
-        self.assigned = assigned  # the arm called first: control for a shadow experiment
-        self.shadow_arm = shadow_arm  # the arm sent a copy, in shadow mode
-        self.overridden = overridden
-        self.path = path
-        self.body = body
-        self.content_type = content_type
-        self.respond = respond  # None once answered
-        self.attempt: Optional[Attempt] = None
-        # Set with the answer.
-        self.outcome = _NO_OUTCOME
-        self.status = 0
-        self.latency_s = 0.0
-        self.answered_at = 0.0  # time.time(): an outcome sent right after must not come before
-        self.request_id = ""
+    # Made empty and filled once the backend call is out (`fill`): every step before the
+    # send adds to the latency, the same steps after it hardly (docs/router.md, "Benchmark").
+    started: float  # time.perf_counter()
+    headers: Mapping[str, str]
+    snapshot: Snapshot
+    experiment: str
+    plan: ExperimentPlan
+    unit: Optional[str]
+    assignment: Assignment
+    assigned: Arm  # the arm called first: control for a shadow experiment
+    shadow_arm: Optional[Arm]  # the arm sent a copy, in shadow mode
+    overridden: bool
+    path: str
+    body: bytes
+    content_type: str
+    respond: Optional[Respond]  # None once answered
+    attempt: Optional[Attempt]
+    # Set with the answer.
+    outcome: _Outcome
+    status: int
+    latency_s: float
+    answered_at: float  # time.time(): an outcome sent right after must not come before it
+    request_id: str
+
+    def fill(self, admitted: _Admitted, respond: Respond) -> None:
+        (
+            self.started, self.headers, self.snapshot, self.experiment, self.plan, self.unit,
+            self.assignment, self.assigned, self.shadow_arm, self.overridden, self.path,
+            self.body, self.content_type,
+        ) = admitted  # fmt: skip
+        self.respond = respond
+
+
+# What `_admit` decided, in `_Exchange.fill`'s order (a plain tuple: the cheapest to build).
+_Admitted = tuple[
+    float, Mapping[str, str], Snapshot, str, ExperimentPlan, Optional[str], Assignment, Arm,
+    Optional[Arm], bool, str, bytes, str,
+]  # fmt: skip
 
 
 _NO_OUTCOME = _Outcome(None, None, False, ())
@@ -238,16 +239,19 @@ class ProxyHandler:
         callback; anything else (a wait for a connection, a failure to retry or fall back
         from, a shadow copy) goes on in a Task."""
         try:
-            admitted = self._admit(request, respond)
-            if isinstance(admitted, _Exchange):
-                self._send(admitted)
+            admitted = self._admit(request)
+            if not isinstance(admitted, ProxyAnswer):
+                exchange = _Exchange()
+                self._send(exchange, admitted)
+                exchange.fill(admitted, respond)
                 return
+            answer = admitted
         except Exception:  # a bug must not leave the client waiting
             log.exception("answering %s failed", request.path)
-            admitted = self.refuse(500, "internal_error", "the router failed on this request")
-        respond(admitted)
+            answer = self.refuse(500, "internal_error", "the router failed on this request")
+        respond(answer)
 
-    def _admit(self, request: ProxyRequest, respond: Respond) -> Union[_Exchange, ProxyAnswer]:
+    def _admit(self, request: ProxyRequest) -> Union[_Admitted, ProxyAnswer]:
         """The request checked and assigned, or the router's own answer to it."""
         started = time.perf_counter()
         snapshot = self._live.current
@@ -279,7 +283,7 @@ class ProxyHandler:
             unit = unit_of(headers, payload, snapshot.config.router.unit_id)
         except BadUnit as exc:
             return self.refuse(400, "bad_unit", str(exc))
-        wanted = headers.get(OVERRIDE_HEADER)
+        wanted = headers.get("x-variant-override")
         if wanted is None:
             assignment = plan.assign(unit, self._traffic.effective_traffic(name))
         else:
@@ -293,24 +297,26 @@ class ProxyHandler:
             if not assignment.is_control:
                 shadow_arm = assigned
             assigned = plan.control
-        return _Exchange(
+        return (
             started, headers, snapshot, name, plan, unit, assignment, assigned, shadow_arm,
-            wanted is not None, path, body, headers.get("Content-Type") or JSON, respond,
+            wanted is not None, path, body, headers.get("content-type") or JSON,
         )  # fmt: skip
 
-    def _send(self, exchange: _Exchange) -> None:
-        """Call the assigned arm's backend: at once on an idle connection, else from a Task."""
+    def _send(self, exchange: _Exchange, admitted: _Admitted) -> None:
+        """Call the assigned arm's backend: at once on an idle connection, else from a Task
+        (which starts after `exchange` is filled)."""
+        _, _, snapshot, _, _, _, _, assigned, shadow_arm, _, path, body, content_type = admitted
         resume: Optional[Resume] = None
-        if exchange.shadow_arm is None:
+        if shadow_arm is None:
             started = self._upstreams.try_call(
-                exchange.snapshot.backends[exchange.assigned.backend],
-                exchange.path,
-                exchange.body,
-                exchange.content_type,
+                snapshot.backends[assigned.backend],
+                path,
+                body,
+                content_type,
                 functools.partial(self._replied, exchange),
             )
-            if type(started) is Attempt:
-                exchange.attempt = started
+            exchange.attempt = started if type(started) is Attempt else None
+            if exchange.attempt is not None:
                 return
             if type(started) is EndpointState:
                 resume = Resume(started)
@@ -323,15 +329,18 @@ class ProxyHandler:
         try:
             reply = attempt.reply(delivered)
         except StaleConnection:  # the idle connection had closed: call again on a new one
+            attempt.release()
             self._go_on_in_task(exchange, Resume(attempt.endpoint))
             return
         except BackendFailure as failure:  # retry, fall back or fail, as `_serve` decides
+            attempt.release()
             self._go_on_in_task(exchange, Resume(attempt.endpoint, failure))
             return
         try:
             self._answer(exchange, _Outcome(exchange.assigned, reply, False, ()))
         except Exception:  # here, it would fail the backend connection instead
             self._answer_failed(exchange)
+        attempt.release()
 
     def _go_on_in_task(self, exchange: _Exchange, resume: Optional[Resume]) -> None:
         task = asyncio.ensure_future(self._go_on(exchange, resume))
@@ -402,14 +411,15 @@ class ProxyHandler:
                     experiment=_experiment_info(name, assigned, None, enrolled, outcome.fallback),
                 ),
             )
+        latency_s = time.perf_counter() - exchange.started
+        respond, exchange.respond = exchange.respond, None
+        if respond is not None:
+            respond(answer)
         exchange.outcome = outcome
         exchange.status = answer.status
         exchange.request_id = request_id
         exchange.answered_at = time.time()
-        exchange.latency_s = time.perf_counter() - exchange.started
-        respond, exchange.respond = exchange.respond, None
-        if respond is not None:
-            respond(answer)
+        exchange.latency_s = latency_s
         self._unrecorded.append(exchange)
         if self._record_timer is None:
             self._record_timer = self._running_loop().call_later(RECORD_DELAY_S, self.settle)
@@ -435,7 +445,7 @@ class ProxyHandler:
         self, headers: Mapping[str, str], plan: ExperimentPlan, wanted: str
     ) -> Union[Assignment, ProxyAnswer]:
         """The arm `X-Variant-Override` asks for (never enrolled), or the refusal."""
-        if not self._auth.allows(headers.get("Authorization")):
+        if not self._auth.allows(headers.get("authorization")):
             return self.refuse(
                 403,
                 "override_forbidden",
@@ -569,7 +579,7 @@ class ProxyHandler:
         if answered.overridden:
             record["override"] = True
         for field, header in settings.attributes.items():
-            record[field] = answered.headers.get(header)
+            record[field] = answered.headers.get(header.lower())
         self._logs.exposures.write(record)
 
 

@@ -102,8 +102,9 @@ def pipeline_problem(payload: Mapping[str, Any]) -> Optional[str]:
 
 
 def request_id_of(headers: Mapping[str, str]) -> str:
-    """The request's `X-Request-Id` if it is 1-128 of `A-Za-z0-9._:-`, else 24 random hex."""
-    given = headers.get("X-Request-Id")
+    """The request's `X-Request-Id` if it is 1-128 of `A-Za-z0-9._:-`, else 24 random hex.
+    (`headers`: lower-case names, or case-insensitive like aiohttp's.)"""
+    given = headers.get("x-request-id")
     if given and _REQUEST_ID.match(given):
         return given
     # An id, not a secret: the PRNG (seeded from the OS) costs no system call per request.

@@ -106,6 +106,10 @@ class BackendRuntime:
     def pick(self) -> Optional[EndpointState]:
         """The next endpoint in rotation, round-robin; None when all are ejected."""
         count = len(self.endpoints)
+        endpoint = self.endpoints[self.cursor]
+        if endpoint.up:  # the usual case, in short
+            self.cursor = (self.cursor + 1) % count
+            return endpoint
         for offset in range(count):
             endpoint = self.endpoints[(self.cursor + offset) % count]
             if endpoint.up:
@@ -441,8 +445,8 @@ class Attempt:
 
     def reply(self, delivered: Union[HttpReply, BackendHttpError]) -> BackendReply:
         """What the connection delivered, judged as `call` would: raises BackendFailure, or
-        StaleConnection when the idle connection had closed (make the call again)."""
-        self._pool.done(self.endpoint.origin, self._connection)
+        StaleConnection when the idle connection had closed (make the call again). Call
+        `release` after it: the answer goes out first."""
         if isinstance(delivered, StaleConnection):
             raise delivered
         return self._upstreams.judge(
@@ -454,3 +458,7 @@ class Attempt:
             self._body,
             self._content_type,
         )
+
+    def release(self) -> None:
+        """The connection back to the pool."""
+        self._pool.done(self.endpoint.origin, self._connection)

@@ -27,7 +27,7 @@ def unit_of(
     valid Unicode (undecodable header bytes, a lone surrogate escape in JSON).
     """
     if source.header:
-        unit = headers.get(source.header)
+        unit = headers.get(source.header.lower())
         if unit:
             return _from(unit, f"header {source.header}")
     if source.json_field:

@@ -73,7 +73,7 @@ def test_parse_json_deep_nesting_raises_recursion_error_not_crash() -> None:
      ("../x", False), ("a b", False), ("", False), ("-a", False), ("\udcff", False)],
 )  # fmt: skip
 def test_request_id(given: str, kept: bool) -> None:
-    result = request_id_of({"X-Request-Id": given})
+    result = request_id_of({"x-request-id": given})
     assert (result == given) is kept
     assert len(result) <= 128
 
@@ -96,7 +96,7 @@ def test_unit_of_names_the_place() -> None:
 
     source = UnitIdSource()
     with pytest.raises(BadUnit, match="header X-User-Id: unit id longer"):
-        unit_of({"X-User-Id": "u" * 300}, {}, source)
+        unit_of({"x-user-id": "u" * 300}, {}, source)
     with pytest.raises(BadUnit, match="field user_id: unit id with control"):
         unit_of({}, {"user_id": "a\nb"}, source)
     assert unit_of({}, {"user_id": ["a"]}, source) is None
