@@ -222,11 +222,13 @@ class Connection(asyncio.Protocol):
 
     def _finish(self) -> None:
         deliver, self._deliver = self._deliver, None
+        timer, self._deadline_timer = self._deadline_timer, None
         reply = HttpReply(self._parser.get_status_code(), b"".join(self._body))
         self._body = []
         if deliver is not None:
             deliver(reply)
-        self._end_call()  # the deadline's timer, after the reply is on its way
+        if timer is not None:  # after the reply is on its way
+            timer.cancel()
 
     def _expire(self) -> None:
         self._abandon(BackendHttpTimeout("deadline passed"))

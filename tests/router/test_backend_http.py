@@ -317,3 +317,58 @@ def test_request_head_quotes_the_path_and_strips_control_characters() -> None:
     )
     with pytest.raises(ValueError, match="not an http"):
         Origin.parse("ftp://example.com:21")
+
+
+async def start_now(
+    pool: ConnectionPool, origin: Origin, timeout_s: float = 2.0
+) -> tuple[Optional[backend_http.Connection], asyncio.Future[Union[HttpReply, BackendHttpError]]]:
+    """`pool.start_now`, its outcome in a future."""
+    outcome: asyncio.Future[Union[HttpReply, BackendHttpError]] = (
+        asyncio.get_running_loop().create_future()
+    )
+    head = request_head(origin, "POST", "/m/prediction", "application/json")
+    connection = pool.start_now(origin, head, b"{}", timeout_s, outcome.set_result)
+    return connection, outcome
+
+
+@LOOPS
+def test_start_now_uses_an_idle_connection_within_the_limits(new_loop: LoopFactory) -> None:
+    async def test() -> None:
+        backend = Scripted([ok(b'{"n":1}'), ok(b'{"n":2}'), ok(b'{"n":3}')])
+        origin = await backend.start()
+        pool = new_pool(per_origin=1)
+        connection, _ = await start_now(pool, origin)
+        assert connection is None, "nothing idle yet: the caller must use request()"
+        assert (await call(pool, origin)).body == b'{"n":1}'
+
+        connection, outcome = await start_now(pool, origin)
+        assert connection is not None
+        busy, _ = await start_now(pool, origin)
+        assert busy is None, "the one slot per origin is taken"
+        assert await outcome == HttpReply(200, b'{"n":2}')
+        pool.done(origin, connection)
+
+        assert (await call(pool, origin)).body == b'{"n":3}'
+        assert backend.connections == 1 and pool.open_connections == 1
+        await pool.close()
+        await backend.stop()
+
+    run(new_loop, test)
+
+
+@LOOPS
+def test_start_now_delivers_a_closed_idle_connection_as_stale(new_loop: LoopFactory) -> None:
+    async def test() -> None:
+        backend = Scripted([ok(), "close"])
+        origin = await backend.start()
+        pool = new_pool()
+        await call(pool, origin)
+        connection, outcome = await start_now(pool, origin)
+        assert connection is not None
+        assert isinstance(await outcome, backend_http.StaleConnection)
+        pool.done(origin, connection)
+        assert pool.open_connections == 0
+        await pool.close()
+        await backend.stop()
+
+    run(new_loop, test)

@@ -180,6 +180,27 @@ async def test_treatment_failure_falls_back_to_control(
     assert observer.calls == [("sentiment", "treatment", False), ("sentiment", "control", True)]
 
 
+@pytest.mark.parametrize("fault", [f for f in FAULTS if f != "refused"])
+async def test_failure_on_a_kept_alive_connection_falls_back_too(
+    aiohttp_client: Any, tmp_path: Path, fakes: Fakes, fault: str
+) -> None:
+    """The second call goes out at once on the idle connection the first left (no Task); its
+    failure still ends in control's answer."""
+    client = await router_for(aiohttp_client, tmp_path, fakes)
+    unit = unit_in("treatment")
+    first = await (await post(client, unit)).json()
+    assert first["experiment"]["fallback"] is False and first["value"][1] == "v2"
+    fakes["v2"][0].mode = fault  # type: ignore[assignment]
+    fakes["v2"][0].delay_s = 1.0
+    response = await post(client, unit)
+    assert response.status == 200
+    reply = await response.json()
+    assert reply["value"][1] == "v1" and reply["experiment"]["fallback"] is True
+    app = client.app
+    assert app is not None
+    assert [r["served"] for r in exposures(app)] == ["treatment", "control"]
+
+
 async def test_no_fallback_when_disabled(aiohttp_client: Any, tmp_path: Path, fakes: Fakes) -> None:
     fakes["v2"][0].mode = "err_no"
     patch = {"experiments": {"sentiment": {"fallback": "none"}}}
