@@ -666,6 +666,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.serve_raw_proxy:
         serve_raw_proxy(int(args.serve_raw_proxy[0]), args.serve_raw_proxy[1:])
         return 0
+    # SIGTERM/SIGHUP unwind like Ctrl-C, so the ExitStack below stops every server it started.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.default_int_handler)
     ensure_tools()
     concurrency = {
         "static": [int(c) for c in args.static_concurrency.split(",")],
@@ -765,4 +768,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("bench: interrupted; every server it started is stopped", file=sys.stderr)
+        sys.exit(130)
