@@ -386,7 +386,13 @@ class ConnectionPool:
         if slots.free <= 0 or slots.waiters or all_slots.free <= 0 or all_slots.waiters:
             return None
         connection = state.idle[-1]
-        if connection.idle_since < loop.time() - self._keepalive_s or connection.closing():
+        transport = connection.transport
+        if (
+            connection.idle_since < loop.time() - self._keepalive_s
+            or connection.closed
+            or transport is None
+            or transport.is_closing()
+        ):
             return None  # `request` closes it
         try:
             connection.start(

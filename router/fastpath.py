@@ -288,7 +288,11 @@ class FastPathProtocol(asyncio.Protocol):
         assert answering is not None
         keep_alive, http10 = answering
         keep_alive = keep_alive and not self._closing and not self._shared.closing
-        self._write(answer, keep_alive, http10)
+        transport = self._transport
+        if keep_alive and transport is not None:
+            transport.write(_encode(answer, True, http10))  # the usual case, in short
+        else:
+            self._write(answer, keep_alive, http10)
         if self._queue:
             self._answer_queued()
         elif not self._draining:

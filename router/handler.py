@@ -241,9 +241,7 @@ class ProxyHandler:
         try:
             admitted = self._admit(request)
             if not isinstance(admitted, ProxyAnswer):
-                exchange = _Exchange()
-                self._send(exchange, admitted)
-                exchange.fill(admitted, respond)
+                self._send(admitted, respond)
                 return
             answer = admitted
         except Exception:  # a bug must not leave the client waiting
@@ -302,11 +300,11 @@ class ProxyHandler:
             wanted is not None, path, body, headers.get("content-type") or JSON,
         )  # fmt: skip
 
-    def _send(self, exchange: _Exchange, admitted: _Admitted) -> None:
-        """Call the assigned arm's backend: at once on an idle connection, else from a Task
-        (which starts after `exchange` is filled)."""
+    def _send(self, admitted: _Admitted, respond: Respond) -> None:
+        """Call the assigned arm's backend: at once on an idle connection, else from a Task."""
         _, _, snapshot, _, _, _, _, assigned, shadow_arm, _, path, body, content_type = admitted
-        resume: Optional[Resume] = None
+        exchange = _Exchange()
+        started: Union[Attempt, EndpointState, None] = None
         if shadow_arm is None:
             started = self._upstreams.try_call(
                 snapshot.backends[assigned.backend],
@@ -315,12 +313,13 @@ class ProxyHandler:
                 content_type,
                 functools.partial(self._replied, exchange),
             )
-            exchange.attempt = started if type(started) is Attempt else None
-            if exchange.attempt is not None:
-                return
-            if type(started) is EndpointState:
-                resume = Resume(started)
-        self._go_on_in_task(exchange, resume)
+        exchange.fill(admitted, respond)
+        if type(started) is Attempt:
+            exchange.attempt = started
+        elif type(started) is EndpointState:
+            self._go_on_in_task(exchange, Resume(started))
+        else:
+            self._go_on_in_task(exchange, None)
 
     def _replied(self, exchange: _Exchange, delivered: Union[HttpReply, BackendHttpError]) -> None:
         """The backend connection's callback for a call `_send` started."""

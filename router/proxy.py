@@ -77,7 +77,7 @@ class EndpointState:
     next_probe_at: float = 0.0
     probing: bool = False
     origin: Origin = field(init=False, repr=False)
-    _heads: dict[tuple[str, str, Optional[str]], bytes] = field(default_factory=dict, repr=False)
+    heads: dict[tuple[str, str, Optional[str]], bytes] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.origin = Origin.parse(self.url)
@@ -85,11 +85,11 @@ class EndpointState:
     def head(self, method: str, path: str, content_type: Optional[str]) -> bytes:
         """The request head for `path` here (built once: paths come from the registry)."""
         key = (method, path, content_type)
-        head = self._heads.get(key)
+        head = self.heads.get(key)
         if head is None:
-            if len(self._heads) > 1024:  # content types come from clients; this bounds them
-                self._heads.clear()
-            head = self._heads[key] = request_head(self.origin, method, path, content_type)
+            if len(self.heads) > 1024:  # content types come from clients; this bounds them
+                self.heads.clear()
+            head = self.heads[key] = request_head(self.origin, method, path, content_type)
         return head
 
 
@@ -207,7 +207,9 @@ class Upstreams:
         if endpoint is None or self._pool is None:
             return None
         target_path = backend.config.path or path
-        head = endpoint.head("POST", target_path, content_type)
+        head = endpoint.heads.get(("POST", target_path, content_type)) or endpoint.head(
+            "POST", target_path, content_type
+        )
         started = time.perf_counter()
         connection = self._pool.start_now(endpoint.origin, head, body, backend.timeout_s, deliver)
         if connection is None:
