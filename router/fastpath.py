@@ -190,8 +190,14 @@ class FastPathProtocol(asyncio.Protocol):
         )
 
     def on_headers_complete(self) -> None:
-        path = self._fast_route()
-        if path is None:
+        parser, snapshot = self._parser, self._shared.live.current
+        path = snapshot.raw_routes.get(self._url.split(b"?", 1)[0])
+        if (
+            path is None
+            or parser.get_method() != b"POST"
+            or parser.should_upgrade()
+            or not ASK_AIOHTTP.isdisjoint(self._headers)
+        ):  # aiohttp's request
             if self._began_mid_chunk:
                 raise _Refusal(
                     400,
@@ -201,7 +207,7 @@ class FastPathProtocol(asyncio.Protocol):
                 )
             raise _Handover()
         self._path = path
-        self._body_limit = self._shared.live.current.config.router.max_body_bytes
+        self._body_limit = snapshot.config.router.max_body_bytes
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
@@ -229,19 +235,6 @@ class FastPathProtocol(asyncio.Protocol):
             self._enqueue((request, keep_alive, http10))
 
     # --- answering ------------------------------------------------------------------------
-
-    def _fast_route(self) -> Optional[str]:
-        """The experiment route this request is for, or None if it is aiohttp's."""
-        if self._parser.get_method() != b"POST" or self._parser.should_upgrade():
-            return None
-        raw_path = self._url.split(b"?", 1)[0]
-        if b"%" in raw_path or not ASK_AIOHTTP.isdisjoint(self._headers):
-            return None
-        try:
-            path = raw_path.decode("ascii")
-        except UnicodeDecodeError:
-            return None
-        return path if path in self._shared.live.current.routes else None
 
     def _enqueue(self, item: _Queued) -> None:
         if self._answered_last:

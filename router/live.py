@@ -21,6 +21,9 @@ class Snapshot:
     plans: dict[str, ExperimentPlan]
     routes: dict[str, str]  # route -> experiment name
     backends: dict[str, BackendRuntime]
+    # The fast path's lookup: a request target's raw path -> its route, for the routes a
+    # client sends as they are (ASCII, no percent sign; others are aiohttp's to decode).
+    raw_routes: dict[bytes, str] = field(default_factory=dict)
     loaded_at: str = field(default_factory=utc_now_iso)
 
 
@@ -45,11 +48,13 @@ class LiveRegistry:
         return self.current
 
     def _snapshot(self, config: RouterConfig) -> Snapshot:
+        routes = {exp.route: name for name, exp in config.experiments.items()}
         return Snapshot(
             config=config,
             plans=compile_plans(config.experiments),
-            routes={exp.route: name for name, exp in config.experiments.items()},
+            routes=routes,
             backends=self._upstreams.configure(config.backends),
+            raw_routes={r.encode(): r for r in routes if r.isascii() and "%" not in r},
         )
 
     def config(self) -> RouterConfig:
