@@ -16,6 +16,10 @@ This client does one thing, the call a Paddle Serving pipeline needs, in a tenth
   idle) is retried once on a new one, as browsers and Go's http.Transport do; a prediction is
   safe to repeat.
 
+Two ways to call: `request`, a coroutine that waits for a free slot or connects if it must, and
+`start_now` for the request path, which sends at once on an idle connection whose reply goes to
+a callback (no future, no Task), or returns None when it would have to wait.
+
 Every failure is a BackendHttpError with a short reason for the logs; a missed deadline is its
 subclass BackendHttpTimeout.
 """

@@ -7,12 +7,12 @@ aiohttp (`ProxyHandler.handle`, through `forward`) for the rest and in in-proces
 The usual request runs as callbacks, with no Task, future or coroutine: the backend call goes
 out from `start` on an idle keep-alive connection, and the answer is written from that
 connection's reply callback. Every other case (no idle connection, a failure to retry or fall
-back from, a shadow copy) goes on in a Task through the same `_serve` as ever: on this path
-each layer costs, and together they were half the router's latency overhead (docs/router.md,
-"Benchmark").
+back from, a shadow copy) goes on in a Task through `_serve`. Both the backend request and the
+answer go out before the bookkeeping around them: on this path, Python work done before the
+send or the answer adds to the latency several times over, and the same work after it hardly
+(docs/router.md, "Benchmark").
 
-Whatever the answer does not need
-waits: the metrics, the guard's view of each backend call and the exposure record are batched
+Whatever the answer does not need waits: the metrics, the guard's view of each backend call and the exposure record are batched
 and run RECORD_DELAY_S later, off the user's latency (in front of a model that takes
 milliseconds, while the router waits for the next answer). `settle()` runs them now; a /metrics
 scrape and shutdown do. On this path every Python step counts: code that runs right after an
@@ -165,9 +165,6 @@ _Admitted = tuple[
     float, Mapping[str, str], Snapshot, str, ExperimentPlan, Optional[str], Assignment, Arm,
     Optional[Arm], bool, str, bytes, str,
 ]  # fmt: skip
-
-
-_NO_OUTCOME = _Outcome(None, None, False, ())
 
 
 class ProxyHandler:

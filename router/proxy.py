@@ -5,6 +5,11 @@ that fails `eject_after` times in a row at the transport level (refused, timeout
 non-JSON body) leaves the rotation; a background prober brings it back once it answers again.
 A pipeline reply with `err_no != 0` is a backend error for the request but proves the endpoint
 alive, so it never ejects (a client sending bad input must not empty the rotation).
+
+Two ways to call: `call`, a coroutine that waits for a connection if it must, and `try_call`
+for the request path, which starts the call at once on an idle connection (an Attempt, whose
+reply comes to a callback) or says it cannot; `call(..., resume=...)` then goes on from there.
+Both judge a reply by the same rule (`judge`).
 """
 
 from __future__ import annotations
