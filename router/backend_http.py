@@ -225,13 +225,14 @@ class Connection(asyncio.Protocol):
         return deliver
 
     def _finish(self) -> None:
-        deliver, self._deliver = self._deliver, None
+        # The deadline's timer is cancelled after the reply is on its way.
         timer, self._deadline_timer = self._deadline_timer, None
+        deliver = self._end_call()
         reply = HttpReply(self._parser.get_status_code(), b"".join(self._body))
         self._body = []
         if deliver is not None:
             deliver(reply)
-        if timer is not None:  # after the reply is on its way
+        if timer is not None:
             timer.cancel()
 
     def _expire(self) -> None:

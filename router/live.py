@@ -21,10 +21,14 @@ class Snapshot:
     plans: dict[str, ExperimentPlan]
     routes: dict[str, str]  # route -> experiment name
     backends: dict[str, BackendRuntime]
+    loaded_at: str = field(default_factory=utc_now_iso)
     # The fast path's lookup: a request target's raw path -> its route, for the routes a
     # client sends as they are (ASCII, no percent sign; others are aiohttp's to decode).
-    raw_routes: dict[bytes, str] = field(default_factory=dict)
-    loaded_at: str = field(default_factory=utc_now_iso)
+    raw_routes: dict[bytes, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        raw = {r.encode(): r for r in self.routes if r.isascii() and "%" not in r}
+        object.__setattr__(self, "raw_routes", raw)  # derived once; the dataclass is frozen
 
 
 @dataclass
@@ -48,13 +52,11 @@ class LiveRegistry:
         return self.current
 
     def _snapshot(self, config: RouterConfig) -> Snapshot:
-        routes = {exp.route: name for name, exp in config.experiments.items()}
         return Snapshot(
             config=config,
             plans=compile_plans(config.experiments),
-            routes=routes,
+            routes={exp.route: name for name, exp in config.experiments.items()},
             backends=self._upstreams.configure(config.backends),
-            raw_routes={r.encode(): r for r in routes if r.isascii() and "%" not in r},
         )
 
     def config(self) -> RouterConfig:
