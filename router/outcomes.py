@@ -35,6 +35,8 @@ class OutcomeEvent(BaseModel):
     ts: Optional[datetime] = None
     # The registry's experiment names (router.config.NAME_PATTERN).
     experiment: Optional[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]] = None
+    # The client's own id for the event: the analysis counts an event sent twice once.
+    event_id: Optional[Annotated[str, Field(pattern=r"^[\x21-\x7e]{1,128}$")]] = None
 
     @field_validator("unit_id")
     @classmethod
@@ -62,13 +64,16 @@ class OutcomeEvent(BaseModel):
 
     def record(self, hash_units: bool, received: datetime) -> dict[str, Any]:
         ts = self.ts or received
-        return {
+        record = {
             "ts": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "unit": logged_unit(self.unit_id, hash_units),
             "metric": self.metric,
             "value": self.value,
             "experiment": self.experiment,
         }
+        if self.event_id is not None:
+            record["event_id"] = self.event_id
+        return record
 
 
 def parse_events(body: bytes) -> list[OutcomeEvent]:

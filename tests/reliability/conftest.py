@@ -57,7 +57,7 @@ class Stack:
     def exposures(self) -> list[dict[str, Any]]:
         return exposures(self.log_dir)
 
-    async def wait_logged(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+    async def wait_logged(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
         """The exposure records once there are at least `count` (the writer flushes every 0.2 s)."""
         deadline = time.monotonic() + timeout
         while True:

@@ -12,10 +12,10 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -24,9 +24,10 @@ import pytest_asyncio
 from tests.conftest import Backend, BackendFactory
 from tests.reliability.conftest import Launch, Stack, Table
 from tests.reliability.faults import BadBackend
-from tests.reliability.load import LoadResult, run_load
+from tests.reliability.load import Answer, LoadResult, run_load
 from tests.reliability.stack import BODY, ROUTE, read_jsonl, registry, write_registry
 from tests.reliability.summary import Row
+from tests.support import eventually, settled
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
@@ -37,37 +38,41 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield client
 
 
-def background(
-    session: aiohttp.ClientSession, stack: Stack, requests: int, rate: float, prefix: str
-) -> asyncio.Task[LoadResult]:
-    return asyncio.ensure_future(
-        run_load(
-            session, stack.url + ROUTE, BODY, requests=requests, rate=rate, concurrency=8,
-            id_prefix=prefix, unit_of=lambda i: f"{prefix}-unit-{i}", max_seconds=90,
+class Background:
+    """A load at `rate` requests per second (at most 8 in flight) beside the test, until
+    `finish()`: it lasts as long as the events it must overlap, however fast the machine."""
+
+    def __init__(self, session: aiohttp.ClientSession, stack: Stack, rate: float, prefix: str):
+        self.answers: list[Answer] = []  # in the order they came
+        self._stop = asyncio.Event()
+        self._task = asyncio.ensure_future(
+            run_load(
+                session, stack.url + ROUTE, BODY, requests=1_000_000, rate=rate, concurrency=8,
+                id_prefix=prefix, unit_of=lambda i: f"{prefix}-unit-{i}", max_seconds=120,
+                stop=self._stop, on_answer=self.answers.append,
+            )
+        )  # fmt: skip
+
+    async def answered(self, count: int, sent_after: float = 0.0, timeout: float = 60) -> None:
+        """Until `count` requests sent after `sent_after` (time.monotonic()) have their answer."""
+        await eventually(
+            lambda: sum(a.started > sent_after for a in self.answers) >= count, timeout
         )
-    )  # fmt: skip
+
+    def stop_sending(self) -> None:
+        self._stop.set()
+
+    async def finish(self) -> LoadResult:
+        """Sends no more; the result once every request sent has its answer."""
+        self._stop.set()
+        return await self._task
 
 
 async def lost_exposures(stack: Stack, *results: LoadResult) -> int:
     """Answered requests without an exposure record, once the writer had time to flush."""
     answered = {a.request_id for r in results for a in r.answered()}
-    logged: set[str] = set()
-    for _ in range(40):
-        logged = {r["request_id"] for r in stack.exposures()}
-        if answered <= logged:
-            break
-        await asyncio.sleep(0.1)
-    return len(answered - logged)
-
-
-async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float) -> float:
-    """Seconds until `check()` held; fails the test after `timeout`."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if await check():
-            return time.monotonic() - started
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"not within {timeout} s")
+    await settled(lambda: answered <= {r["request_id"] for r in stack.exposures()}, 10)
+    return len(answered - {r["request_id"] for r in stack.exposures()})
 
 
 def endpoint_up(state: dict[str, Any], backend: str, url: str) -> bool:
@@ -92,17 +97,18 @@ async def test_kill_one_replica_then_restart_it(
     stack = launch(
         registry([shared, replica.url], [paddle_backends["sentiment-v2"].url]),
     )
-    load = background(session, stack, 300, 40, "kill")
-    await asyncio.sleep(2.5)
+    load = Background(session, stack, 40, "kill")
+    await load.answered(60)
     replica.kill()  # SIGKILL to its whole process group, mid-load
-    killed = await load
+    await load.answered(120, sent_after=time.monotonic())
+    killed = await load.finish()
     state = await stack.state(session)
     ejected = not endpoint_up(state, "sentiment-v1", replica.url)
     lost = await lost_exposures(stack, killed)
     table.add(
         Row("fault", "kill -9 one of two control replicas",
-            "SIGKILL to one of the control backend's two Paddle Serving servers at 2.5 s of a "
-            "300-request load at 40/s", killed.sent, len(killed.failed()), lost,
+            "SIGKILL to one of the control backend's two Paddle Serving servers after 60 "
+            "answers of a load at 40/s, which went on for 120 more", killed.sent, len(killed.failed()), lost,
             "requests in flight and refused connections retried on the other replica; "
             f"replica ejected: {ejected}")
     )  # fmt: skip
@@ -111,7 +117,7 @@ async def test_kill_one_replica_then_restart_it(
 
     # Restart it on the same port under load: the prober brings it back into rotation.
     port = int(replica.url.rsplit(":", 1)[1])
-    load = background(session, stack, 400, 40, "restart")
+    load = Background(session, stack, 40, "restart")
     loop = asyncio.get_running_loop()
     restarted = await loop.run_in_executor(
         None, lambda: paddle_backend_factory(demo_models / "sentiment_v1", http_port=port)
@@ -121,11 +127,12 @@ async def test_kill_one_replica_then_restart_it(
     async def back_in() -> bool:
         return endpoint_up(await stack.state(session), "sentiment-v1", restarted.url)
 
-    probed_in = await wait_for(back_in, timeout=10)
+    probed_in = await eventually(back_in, timeout=10)
     errors_before = await stack.metric(
         session, "router_backend_requests_total", backend="sentiment-v1", outcome="error"
     )
-    during = await load
+    await load.answered(80, sent_after=time.monotonic())  # the replica has its share
+    during = await load.finish()
     after = await run_load(
         session, stack.url + ROUTE, BODY, requests=100, rate=40, concurrency=8, id_prefix="after"
     )
@@ -135,7 +142,7 @@ async def test_kill_one_replica_then_restart_it(
     lost = await lost_exposures(stack, during, after)
     table.add(
         Row("fault", "restart a backend",
-            "the killed replica restarted on its port during a 400-request load, then 100 more",
+            "the killed replica restarted on its port during a load at 40/s, then 100 more",
             during.sent + after.sent, len(during.failed()) + len(after.failed()), lost,
             f"back in rotation {probed_in:.1f} s after the restarted server answered; no backend "
             "error after that")
@@ -194,8 +201,9 @@ async def test_sigstop_the_treatment_falls_back_then_rolls_back(
     }
     stack = launch(registry([paddle_backends["sentiment-v1"].url], [treatment.url], patch=patch))
     try:
-        load = background(session, stack, 520, 40, "sigstop")
-        await asyncio.sleep(3.0)
+        load = Background(session, stack, 40, "sigstop")
+        # Healthy first: the treatment's calls fill the SLO window (4 s at 40/s).
+        await load.answered(120)
         treatment.suspend()  # SIGSTOP: connections are accepted, nothing answers
         stopped_at = time.monotonic()
 
@@ -203,21 +211,22 @@ async def test_sigstop_the_treatment_falls_back_then_rolls_back(
             state = await stack.state(session)
             return bool(state["experiments"]["sentiment"].get("status") == "rolled_back")
 
-        rollback_s = await wait_for(rolled_back, timeout=8)
-        result = await load
+        rollback_s = await eventually(rolled_back, timeout=15)
+        await load.answered(40, sent_after=time.monotonic() + 0.5)  # all on control by then
+        result = await load.finish()
     finally:
         treatment.resume()
         treatment.stop()
     after_fault = [a for a in result.answers if a.started > stopped_at + 0.5]
     fell_back = [a for a in after_fault if a.fallback]
     # once rolled back, every enrolled unit is on control: no fallback any more
-    settled = [a for a in result.answers if a.started > stopped_at + rollback_s + 0.5]
+    on_control = [a for a in result.answers if a.started > stopped_at + rollback_s + 0.5]
     lost = await lost_exposures(stack, result)
     decisions = read_jsonl([stack.log_dir / "decisions.jsonl"])
     rollbacks = [d for d in decisions if d["action"] == "rollback" and d["actor"] == "slo"]
     table.add(
         Row("fault", "SIGSTOP the treatment",
-            "SIGSTOP to the treatment's Paddle Serving server at 3 s of a 520-request load at "
+            "SIGSTOP to the treatment's Paddle Serving server after 120 answers of a load at "
             "40/s (timeout_ms 300; SLO interval 1 s, failed_checks 2)", result.sent,
             len(result.failed()), lost,
             f"{len(fell_back)} treatment users answered by control (fallback), then rolled "
@@ -226,7 +235,7 @@ async def test_sigstop_the_treatment_falls_back_then_rolls_back(
     assert failures(result) == []
     assert lost == 0
     assert fell_back and all(a.version == "legacy_v1" for a in fell_back)
-    assert settled and all(a.variant == "control" and not a.fallback for a in settled)
+    assert on_control and all(a.variant == "control" and not a.fallback for a in on_control)
     assert len(rollbacks) == 1
 
 
@@ -236,7 +245,7 @@ async def test_100_registry_reloads_during_load(
 ) -> None:  # fmt: skip
     control, treatment = paddle_backends["sentiment-v1"].url, paddle_backends["sentiment-v2"].url
     stack = launch(registry([control], [treatment], traffic=10), "--no-watch")
-    load = background(session, stack, 400, 40, "reload")
+    load = Background(session, stack, 40, "reload")
     for index in range(100):
         traffic = 20 if index % 2 == 0 else 10
         write_registry(stack.config, registry([control], [treatment], traffic=traffic))
@@ -246,21 +255,20 @@ async def test_100_registry_reloads_during_load(
             done = await stack.metric(session, "router_config_reloads_total", result="ok")
             return done >= count
 
-        await wait_for(reloaded, timeout=5)
-    reloads_done_while_loading = not load.done()
-    result = await load
+        await eventually(reloaded)
+    await load.answered(40, sent_after=time.monotonic())  # and traffic after the last one
+    result = await load.finish()
     reloads = await stack.metric(session, "router_config_reloads_total", result="ok")
     refused = await stack.metric(session, "router_config_reloads_total", result="error")
     lost = await lost_exposures(stack, result)
     table.add(
         Row("fault", "100 registry reloads during load",
             "100 edits of experiments.yaml (traffic 10 <-> 20), each applied by SIGHUP, during a "
-            "400-request load at 40/s", result.sent, len(result.failed()), lost,
+            "load at 40/s", result.sent, len(result.failed()), lost,
             f"{reloads:g} reloads applied, {refused:g} refused")
     )  # fmt: skip
     assert failures(result) == []
     assert (reloads, refused, lost) == (100, 0, 0)
-    assert reloads_done_while_loading
 
 
 async def test_sigterm_under_load_finishes_and_logs_what_it_answered(
@@ -270,13 +278,33 @@ async def test_sigterm_under_load_finishes_and_logs_what_it_answered(
     stack = launch(
         registry([paddle_backends["sentiment-v1"].url], [paddle_backends["sentiment-v2"].url])
     )
-    # As fast as 8 clients go, so that 8 requests are in flight when the signal comes.
-    load = background(session, stack, 600, 1000, "sigterm")
-    await asyncio.sleep(1.5)
-    stack.router.signal(signal.SIGTERM)
-    signalled = time.monotonic()
+    signalled_at: list[float] = []
+    enough = asyncio.Event()
+    count = 0
+
+    def on_answer(answer: Answer) -> None:
+        # 8 clients back to back: when an answer comes, the other 7 requests are in flight,
+        # so the signal sent from here always finds work under way, at any machine speed.
+        nonlocal count
+        count += 1
+        if count == 50:
+            stack.router.signal(signal.SIGTERM)
+            signalled_at.append(time.monotonic())
+        elif signalled_at and answer.status is None:
+            enough.set()  # the stopping router refuses new requests: seen, no need for more
+
+    load = asyncio.ensure_future(
+        run_load(
+            session, stack.url + ROUTE, BODY, requests=100_000, rate=1_000_000, concurrency=8,
+            id_prefix="sigterm", unit_of=lambda i: f"sigterm-unit-{i}", max_seconds=90,
+            stop=enough, on_answer=on_answer,
+        )
+    )  # fmt: skip
+    await eventually(lambda: signalled_at, timeout=60)
+    signalled = signalled_at[0]
     loop = asyncio.get_running_loop()
     code = await loop.run_in_executor(None, stack.router.wait, 15)
+    enough.set()
     result = await load
     answered = {a.request_id for a in result.answered()}
     logged = {r["request_id"] for r in stack.exposures()}
@@ -288,7 +316,7 @@ async def test_sigterm_under_load_finishes_and_logs_what_it_answered(
     lost = len(answered - logged)
     table.add(
         Row("fault", "SIGTERM to the router under load",
-            "SIGTERM after 1.5 s of a 600-request load, 8 clients back to back", result.sent,
+            "SIGTERM at the 50th answer of a load of 8 clients back to back", result.sent,
             len(bad) + sum(a.status != 200 for a in in_flight), lost,
             f"{len(in_flight)} in flight at the signal all answered 200; {len(answered)} answered "
             f"and {len(logged)} exposures logged; {len(refused)} not accepted after the stop "
@@ -321,6 +349,15 @@ async def test_full_or_unwritable_log_directory(
     async def dropped(log: str) -> float:
         return await stack.metric(session, "router_events_dropped_total", log=log)
 
+    async def dropped_once_flushed(log: str, expected: float) -> float:
+        """The drop count once it reaches `expected`, or as it stands after 10 s."""
+
+        async def reached() -> bool:
+            return await dropped(log) >= expected
+
+        await settled(reached, timeout=10)
+        return await dropped(log)
+
     async def events(count: int) -> list[int]:
         statuses = []
         for i in range(count):
@@ -336,8 +373,10 @@ async def test_full_or_unwritable_log_directory(
             (log_dir / f"{prefix}-{day}.jsonl").symlink_to("/dev/full")
     full = await run_load(session, url, BODY, requests=150, rate=50, id_prefix="full")
     full_events = await events(10)
-    await asyncio.sleep(0.6)
-    full_dropped = (await dropped("exposures"), await dropped("outcomes"))
+    full_dropped = (
+        await dropped_once_flushed("exposures", 150),
+        await dropped_once_flushed("outcomes", 10),
+    )
     for link in log_dir.iterdir():
         link.unlink()
     healed = await run_load(session, url, BODY, requests=50, rate=50, id_prefix="healed")
@@ -367,8 +406,7 @@ async def test_full_or_unwritable_log_directory(
     try:
         before = await dropped("exposures")
         blocked = await run_load(session, url, BODY, requests=100, rate=50, id_prefix="ro")
-        await asyncio.sleep(0.6)
-        blocked_dropped = await dropped("exposures") - before
+        blocked_dropped = await dropped_once_flushed("exposures", before + 100) - before
     finally:
         if as_root:
             log_dir.unlink()

@@ -38,6 +38,7 @@ from tests.reliability.stack import (
 )
 from tests.reliability.summary import Row
 from tests.router.router_process import RouterProcess, start_router
+from tests.support import settled
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
@@ -160,11 +161,9 @@ async def run_cases(
     # Exactly the valid requests left an exposure record (the writer flushes every 0.2 s).
     wanted = {c.name for c in cases if c.logged}
     names = {c.name for c in cases}
-    for _ in range(30):
-        logged = {r["request_id"] for r in exposures(log_dir)} & names
-        if logged >= wanted:
-            break
-        await asyncio.sleep(0.1)
+    await settled(lambda: {r["request_id"] for r in exposures(log_dir)} >= wanted)
+    # Records are written in the order of the answers: one for a refused request would have come
+    # with those of the valid ones around it; a last short wait catches one written after them.
     await asyncio.sleep(0.3)
     logged = {r["request_id"] for r in exposures(log_dir)} & names
     for name in sorted(wanted - logged):
@@ -475,7 +474,9 @@ async def test_bad_events(
     before = read_jsonl(list(log_dir.glob("outcomes-*.jsonl")))
     outcome = await run_cases(session, router, log_dir, cases)
     accepted = outcome.replies["event-good"].json()
-    await asyncio.sleep(0.5)
+    await settled(
+        lambda: len(read_jsonl(list(log_dir.glob("outcomes-*.jsonl")))) >= len(before) + 3
+    )
     after = read_jsonl(list(log_dir.glob("outcomes-*.jsonl")))
     new = after[len(before) :]
     lost = 3 - len(new)
@@ -519,12 +520,9 @@ async def test_slow_clients_do_not_block_and_the_router_keeps_serving(
     finally:
         for writer in stalled:
             writer.close()
+    answered = {a.request_id for a in result.answered()}
+    await settled(lambda: answered <= {r["request_id"] for r in exposures(log_dir)})
     logged = {r["request_id"] for r in exposures(log_dir)}
-    for _ in range(20):
-        if {a.request_id for a in result.answered()} <= logged:
-            break
-        await asyncio.sleep(0.1)
-        logged = {r["request_id"] for r in exposures(log_dir)}
     lost = len({a.request_id for a in result.answered()} - logged)
     async with session.get(f"{router.url}/healthz") as response:
         healthy = response.status

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
 import secrets
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -28,6 +28,7 @@ from tests.reliability.stack import (
 )
 from tests.reliability.summary import Row
 from tests.router.harness import unit_in
+from tests.support import settled
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
@@ -174,11 +175,15 @@ async def test_unit_ids_can_be_logged_hashed(
     events = [{"unit_id": f"{secret}-{i}", "metric": "conversion"} for i in range(10)]
     async with session.post(f"{stack.url}/events", json=events) as response:
         assert response.status == 202
-    await asyncio.sleep(0.6)
+
+    def outcomes_logged() -> list[dict[str, Any]]:
+        return read_jsonl(list(stack.log_dir.glob("outcomes-*.jsonl")))
+
+    await settled(lambda: len(stack.exposures()) >= 40 and len(outcomes_logged()) >= 10)
     folder = stack.config.parent
     everything = b"".join(p.read_bytes() for p in folder.rglob("*") if p.is_file())
     exposures = stack.exposures()
-    outcomes = read_jsonl(list(stack.log_dir.glob("outcomes-*.jsonl")))
+    outcomes = outcomes_logged()
     hashed = {hashlib.sha256(f"{secret}-{i}".encode()).hexdigest()[:32] for i in range(10)}
     table.add(
         Row("security", "hashed unit ids",
@@ -230,7 +235,13 @@ async def test_request_content_is_never_evaluated_or_used_as_a_path(
         async with session.post(f"{stack.url}/events", json=event) as response:
             sent += 1
             failed += response.status != 202
-    await asyncio.sleep(0.6)
+
+    def units_logged(kind: str) -> set[str]:
+        return {r["unit"] for r in read_jsonl(list(stack.log_dir.glob(f"{kind}-*.jsonl")))}
+
+    await settled(
+        lambda: set(values) <= units_logged("exposures") and set(values) <= units_logged("outcomes")
+    )
     records = stack.exposures()
     logged_units = {r["unit"] for r in records}
     logged_cities = {r["city"] for r in records}

@@ -23,6 +23,7 @@ from router.backend_http import (
     Origin,
     request_head,
 )
+from tests.support import eventually
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 # A scripted reply: bytes to send (then keep the connection), "close" (close without a
@@ -187,7 +188,7 @@ def test_a_keep_alive_connection_closed_by_the_server_is_not_an_error(
         origin = await backend.start()
         pool = new_pool()
         assert (await call(pool, origin)).body == b'{"n":1}'
-        await asyncio.sleep(0.05)
+        await eventually(lambda: not pool._origins[origin].idle)  # the hang-up has arrived
         assert (await call(pool, origin)).body == b'{"n":2}'
         assert (await call(pool, origin)).body == b'{"n":3}'
         assert backend.connections == 3 and len(backend.requests) == 4
@@ -259,7 +260,7 @@ def test_deadline_covers_the_reply_and_the_wait_for_a_slot(new_loop: LoopFactory
         assert pool.open_connections == 0  # a timed-out connection is never reused
         # One connection allowed: the second call waits for the first and misses its deadline.
         first = asyncio.ensure_future(call(pool, origin, timeout_s=2.0))
-        await asyncio.sleep(0.05)
+        await eventually(lambda: len(backend.requests) == 2)  # the first holds the one slot
         with pytest.raises(BackendHttpTimeout, match="waiting for a free connection"):
             await call(pool, origin, timeout_s=0.1)
         assert (await first).status == 200

@@ -43,9 +43,8 @@ def test_writes_happen_off_the_calling_thread(tmp_path: Path) -> None:
     writer = JsonlWriter(single_file(path), flush_interval=0.01)
     writer.start()
     writer.write({"a": 1})
-    for _ in range(200):
-        if path.exists() and path.read_text():
-            break
+    deadline = time.monotonic() + 10
+    while not (path.exists() and path.read_text()) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert read_lines(path) == [{"a": 1}]
     writer.close()

@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestServer
 from router import fastpath
 from tests.router.fakes import FakePipeline, start_fake, url_of
 from tests.router.harness import DEMO_BODY, FastPathTestServer, build_app, exposures, registry
+from tests.support import eventually
 
 pytestmark = pytest.mark.asyncio
 
@@ -222,7 +223,17 @@ async def test_a_request_sent_as_the_router_stops_is_still_answered(
     assert (await client.answer()).status == 200
     assert router.runner is not None
     stopping = asyncio.ensure_future(router.runner.cleanup())
-    await asyncio.sleep(0.2)  # the stop is under way: no new connections
+    port = router.port
+
+    async def refuses_new_connections() -> bool:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return True
+        writer.close()
+        return False
+
+    await eventually(refuses_new_connections)  # the stop is under way
     await client.send(post())
     answer = await client.answer()
     assert answer.status == 200 and answer.headers["connection"] == "close"

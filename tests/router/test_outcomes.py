@@ -27,7 +27,7 @@ async def test_single_and_list_events_are_logged(aiohttp_client: Any, tmp_path: 
     assert (response.status, await response.json()) == (202, {"accepted": 1})
     batch = [
         {"unit_id": "bob", "metric": "revenue", "value": 12.5, "ts": "2026-11-20T08:00:00+08:00",
-         "experiment": "sentiment"},
+         "experiment": "sentiment", "event_id": "order-981"},
         {"unit_id": 42, "metric": "complaint", "value": 0, "ts": "2026-11-21T01:02:03"},
     ]  # fmt: skip
     response = await client.post("/events", json=batch)
@@ -40,8 +40,9 @@ async def test_single_and_list_events_are_logged(aiohttp_client: Any, tmp_path: 
     assert records["alice"]["ts"].endswith("Z")
     assert records["bob"] == {
         "ts": "2026-11-20T00:00:00.000Z", "unit": "bob", "metric": "revenue",
-        "value": 12.5, "experiment": "sentiment",
+        "value": 12.5, "experiment": "sentiment", "event_id": "order-981",
     }  # fmt: skip
+    assert "event_id" not in records["alice"]
     assert records["42"]["ts"] == "2026-11-21T01:02:03.000Z"
     # each record lands in the file of its own day
     names = sorted(p.name for p in (tmp_path / "logs").glob("outcomes-*.jsonl"))
@@ -57,6 +58,8 @@ BAD = [
     (b'{"unit_id": "a", "metric": "m", "value": "lots"}', "event.value: "),
     (b'{"unit_id": "a", "metric": "m", "value": true}', "event.value: must be a finite number"),
     (b'{"unit_id": "a", "metric": "m", "ts": "yesterday"}', "event.ts: "),
+    (b'{"unit_id": "a", "metric": "m", "event_id": "has space"}', "event.event_id: "),
+    (b'{"unit_id": "a", "metric": "m", "event_id": "' + b"x" * 129 + b'"}', "event.event_id: "),
     (b'[{"unit_id": "a", "metric": "m"}, 7]', "events[1]: must be a JSON object"),
 ]
 

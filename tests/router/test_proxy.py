@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator
@@ -25,6 +24,7 @@ from tests.router.harness import (
     registry,
     unit_in,
 )
+from tests.support import eventually
 
 pytestmark = pytest.mark.asyncio
 
@@ -285,11 +285,8 @@ async def test_round_robin_ejection_and_probe_back(
         assert reply["experiment"]["fallback"] is False and reply["value"][1] == "v2"
 
     flaky.mode = "ok"
-    for _ in range(50):  # the prober replays the last good request every 200 ms
-        if metric(app, "router_endpoint_up", backend="v2", endpoint=flaky_url) == 1:
-            break
-        await asyncio.sleep(0.05)
-    assert metric(app, "router_endpoint_up", backend="v2", endpoint=flaky_url) == 1
+    # the prober replays the last good request every 200 ms
+    await eventually(lambda: metric(app, "router_endpoint_up", backend="v2", endpoint=flaky_url))
     assert len(flaky.received) > calls_while_ejected
     before = len(flaky.received)
     for _ in range(4):
@@ -353,10 +350,7 @@ async def test_shadow_mode_serves_control_and_mirrors_treatment_units(
         reply = await (await post(client, unit)).json()
         assert reply["value"][1] == "v1"
         assert reply["experiment"]["group"] == "control"
-    for _ in range(50):
-        if fakes["v2"][0].received:
-            break
-        await asyncio.sleep(0.02)
+    await eventually(lambda: fakes["v2"][0].received)
     assert len(fakes["v2"][0].received) == 1  # only the treatment unit's copy
     app = client.app
     assert app is not None
@@ -389,10 +383,7 @@ async def test_shadow_listener_gets_both_answers(
     await post(client, unit_in("treatment"))
     fakes["v2"][0].mode = "err_no"
     await post(client, unit_in("treatment", start=10_000))
-    for _ in range(100):
-        if len(compared) == 2:
-            break
-        await asyncio.sleep(0.02)
+    await eventually(lambda: len(compared) == 2)
     (name, variant, control, shadow), (_, _, control_2, failed) = compared
     assert (name, variant) == ("sentiment", "treatment")
     assert control["value"][1] == "v1" and shadow["value"][1] == "v2"
@@ -464,10 +455,7 @@ async def test_a_failing_log_disk_never_fails_requests(
         assert (await post(client, f"u{index}")).status == 200
     assert (await client.post("/events", json={"unit_id": "u", "metric": "m"})).status == 202
     exposures(app)  # flushes: the writes fail and are counted
-    for _ in range(50):
-        if metric(app, "router_events_dropped_total", log="exposures") == 5:
-            break
-        await asyncio.sleep(0.02)
+    await eventually(lambda: metric(app, "router_events_dropped_total", log="exposures") >= 5)
     assert metric(app, "router_events_dropped_total", log="exposures") == 5
     app[EVENT_LOGS].outcomes.flush()
     assert metric(app, "router_events_dropped_total", log="outcomes") == 1

@@ -18,6 +18,7 @@ from router.config import RouterConfig, load_config
 from tests.router.data import merge_patch
 from tests.router.fakes import FakePipeline, start_fake, url_of
 from tests.router.harness import DEMO_BODY, decisions, metric, registry, unit_in
+from tests.support import eventually
 
 pytestmark = pytest.mark.asyncio
 
@@ -34,14 +35,15 @@ class Setup:
         reply: dict[str, Any] = await (await self.client.get("/experiments")).json()
         return reply
 
-    async def wait_for(self, check: Any, timeout: float = 1.0) -> float:
+    async def wait_for(self, check: Any, timeout: float = 5.0) -> float:
         """Seconds until `check(state)` held; fails after `timeout`."""
         started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if check(await self.state()):
-                return time.monotonic() - started
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"not within {timeout}s: {await self.state()}")
+
+        async def holds() -> bool:
+            return bool(check(await self.state()))
+
+        await eventually(holds, timeout, interval=0.02)
+        return time.monotonic() - started
 
 
 HOOK_CALLS: list[tuple[float, float]] = []
@@ -186,16 +188,19 @@ async def test_new_routes_and_backends_appear(setup: Setup) -> None:
 
 
 async def test_in_flight_requests_finish_on_their_registry(setup: Setup) -> None:
-    setup.fake.mode, setup.fake.delay_s = "slow", 0.25
+    setup.fake.mode, setup.fake.delay_s = "slow", 1.0
     setup.raw["backends"]["v1"]["timeout_ms"] = 2000
     setup.raw["backends"]["v2"]["timeout_ms"] = 2000
     setup.write({})
-    await asyncio.sleep(0.5)
+    app = setup.client.app
+    assert app is not None
+    await eventually(lambda: metric(app, "router_config_reloads_total", result="ok") == 1, 5)
     headers = {"X-User-Id": unit_in("treatment")}
+    setup.fake.received.clear()
     in_flight = asyncio.ensure_future(
         setup.client.post("/sentiment/prediction", json=DEMO_BODY, headers=headers)
     )
-    await asyncio.sleep(0.05)
+    await eventually(lambda: setup.fake.received, 5)  # the backend holds it for 1 s
     # the experiment disappears while its request is in flight
     setup.write({"experiments": {"sentiment": None}})
     await setup.wait_for(lambda s: s["experiments"] == {})

@@ -7,7 +7,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import yaml
 from aiohttp import web
@@ -115,22 +115,6 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-async def eventually(
-    check: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02
-) -> float:
-    """Seconds until `await check()` (or `check()`) is truthy; fails after `timeout`."""
-    started = time.monotonic()
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"not within {timeout} s")
-        await asyncio.sleep(interval)
 
 
 async def drive(guarded: Guarded, units: list[str], seconds: float, rate: float = 100) -> int:

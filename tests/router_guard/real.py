@@ -19,7 +19,7 @@ from router.assign import bucket
 from tests.router.data import merge_patch
 from tests.router.router_process import RouterProcess, start_router
 from tests.router_guard.inprocess import read_jsonl, write_yaml
-from tests.support import demo_request
+from tests.support import demo_request, eventually
 
 TOKEN_ENV = "GUARD_IT_ADMIN_TOKEN"
 TOKEN = "integration-admin-token"
@@ -153,15 +153,14 @@ class Router:
         check: Callable[[dict[str, Any]], bool],
         timeout: float,
     ) -> float:
-        """time.time() when `check(GET /experiments entry)` first held (polled every 50 ms)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            state = await self.state(session)
-            if check(state):
-                return time.time()
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not within {timeout} s: {json.dumps(state)[:2000]}")
-            await asyncio.sleep(0.05)
+        """time.time() when `check(GET /experiments entry)` first held (a check that raises is
+        "not yet")."""
+
+        async def holds() -> bool:
+            return check(await self.state(session))
+
+        await eventually(holds, timeout)
+        return time.time()
 
 
 @dataclass(frozen=True)
@@ -231,6 +230,12 @@ class Load:
 
     async def _one(self, unit: str) -> None:
         self.answers.append(await call(self.session, self.url, unit, BODY, {}))
+
+    async def answered(self, count: int, sent_after: float, timeout: float = 60) -> None:
+        """Until `count` requests sent after `sent_after` (time.time()) have their answer."""
+        await eventually(
+            lambda: sum(a.started > sent_after for a in self.answers) >= count, timeout
+        )
 
 
 def failures(answers: list[Answer]) -> list[Answer]:

@@ -24,12 +24,12 @@ from tests.router_guard.inprocess import (
     AUTH,
     FAST_SLO,
     drive,
-    eventually,
     guarded_registry,
     read_jsonl,
     slow,
     start_guarded,
 )
+from tests.support import eventually
 
 pytestmark = pytest.mark.asyncio
 
@@ -73,7 +73,7 @@ async def test_a_slow_treatment_is_rolled_back_and_its_units_get_control(
         assert all(reply.status == 200 for reply in replies)
         return bool((await guarded.state())["status"] == "rolled_back")
 
-    await eventually(rolled_back, timeout=5)
+    await eventually(rolled_back)
 
     def rollbacks() -> list[dict[str, Any]]:
         return [d for d in guarded.decisions() if d["action"] == "rollback"]
