@@ -12,8 +12,12 @@ a p50 overhead at 1 client paired request by request against Paddle Serving.
 
 usage: scripts/bench_router.sh [--duration S] [--rounds N] [--static-concurrency 1,32]
                                [--paddle-concurrency 1,16] [--models DIR] [--skip-paddle]
-                               [--probe-rounds N]
+                               [--probe-rounds N] [--baseline DIR]
                                [--isolate] [--json FILE]
+
+`--baseline DIR` runs a second router, from another checkout, beside this one: the same load,
+the same rounds and the same alternating client measure both, so a change is judged side by
+side in one run (`git worktree add /tmp/base HEAD~1`, then `--baseline /tmp/base`).
 """
 
 from __future__ import annotations
@@ -213,7 +217,8 @@ def split_clients_block(work: Path, port: int, static: str, paddle: Optional[str
   }}"""
 
 
-def router_registry(work: Path, static: str, paddle: Optional[str]) -> Path:
+def router_registry(work: Path, static: str, paddle: Optional[str], name: str = "router") -> Path:
+    """The benchmark's registry for the router `name` (its own log and state folders)."""
     backends = {
         "static-a": {"endpoints": [f"http://{static}"], "version": "static_a", "timeout_ms": 2000},
         "static-b": {"endpoints": [f"http://{static}"], "version": "static_b", "timeout_ms": 2000},
@@ -240,20 +245,27 @@ def router_registry(work: Path, static: str, paddle: Optional[str]) -> Path:
             "treatment": "paddle-b", "traffic": 50,
         }  # fmt: skip
     registry = {
-        "router": {"log_dir": str(work / "router-logs"), "attributes": {"city": "X-City"}},
+        "router": {
+            "log_dir": str(work / f"{name}-logs"),
+            "state_dir": str(work / f"{name}-state"),
+            "attributes": {"city": "X-City"},
+        },
         "backends": backends,
         "experiments": experiments,
     }
-    path = work / "experiments.yaml"
+    path = work / f"{name}.yaml"
     path.write_text(json.dumps(registry, indent=2))  # JSON is YAML
     return path
 
 
 @contextmanager
-def router(work: Path, registry: Path) -> Iterator[tuple[int, list[int]]]:
+def router(
+    work: Path, registry: Path, checkout: Path = REPO, name: str = "router"
+) -> Iterator[tuple[int, list[int]]]:
+    """`python -m router` of `checkout` (this one, or another commit's for --baseline)."""
     port = free_port()
     command = [sys.executable, "-m", "router", "--config", str(registry), "--port", str(port)]
-    with process(command, work / "router.log", cwd=REPO) as child:
+    with process(command, work / f"{name}.log", cwd=checkout) as child:
         wait_port(port)
         yield port, [child.pid]
 
@@ -464,7 +476,8 @@ def _latency_ms(output: str, percentile: str) -> float:
 @dataclass
 class Target:
     backend: str  # static | paddle
-    # direct | router | nginx | aiohttp (a bare aiohttp proxy) | python (a bare byte forwarder)
+    # direct | router | baseline (--baseline) | nginx | aiohttp (a bare aiohttp proxy) |
+    # python (a bare byte forwarder)
     path: str
     url: str
     pids: list[int]  # proxy processes whose CPU is measured (none for direct)
@@ -612,9 +625,9 @@ def report(results: list[Result]) -> None:
     print()
     for backend in ("paddle", "static"):
         for conc in sorted({r.concurrency for r in results if r.backend == backend}):
-            direct, routed, split, plain, raw = (
+            direct, routed, split, plain, raw, base = (
                 index.get((backend, p, conc))
-                for p in ("direct", "router", "nginx", "aiohttp", "python")
+                for p in ("direct", "router", "nginx", "aiohttp", "python", "baseline")
             )
             if not (direct and routed):
                 continue
@@ -635,6 +648,15 @@ def report(results: list[Result]) -> None:
                 )
             if raw is not None:
                 line += f"; bare Python p50 overhead {raw.p50_overhead_ms:+.2f} ms"
+            if base is not None:
+                line += (
+                    f"; baseline/direct throughput {base.requests_per_s / direct.requests_per_s:.3f}"
+                    f", p50 overhead {base.p50_overhead_ms:+.2f} ms"
+                )
+                if routed.per_core and base.per_core:
+                    line += (
+                        f"; router/baseline req/s per core {routed.per_core / base.per_core:.3f}"
+                    )
             print(line)
 
 
@@ -652,6 +674,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--probe-rounds", type=int, default=500,
                         help="alternating-client rounds against Paddle Serving (0: none)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--baseline", type=Path, metavar="DIR",
+        help="also run the router of another checkout (e.g. `git worktree add /tmp/base "
+        "HEAD~1`) as path `baseline`, measured side by side with this one",
+    )  # fmt: skip
     parser.add_argument(
         "--isolate",
         action="store_true",
@@ -698,6 +725,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         router_port, router_pids = stack.enter_context(
             router(work, router_registry(work, static, paddle))
         )
+        baseline: Optional[tuple[int, list[int]]] = None
+        if args.baseline is not None:
+            baseline = stack.enter_context(
+                router(
+                    work, router_registry(work, static, paddle, "baseline"),
+                    args.baseline.resolve(), "baseline",
+                )
+            )  # fmt: skip
         split_pids = stack.enter_context(
             nginx(work, split_port, split_clients_block(work, split_port, static, paddle))
         )
@@ -717,6 +752,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             "aiohttp": (plain_port, plain_pids),
             "python": (raw_port, raw_pids),
         }
+        if baseline is not None:
+            proxies["baseline"] = baseline
         targets = []
         for backend, route in routes.items():
             if backends[backend] is None:
@@ -730,7 +767,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 sys.exit("bench: --isolate needs at least 2 CPUs")
             back, front = {cpus[-1]}, set(cpus[:-1])
             pin(backend_pids, back)
-            pin(router_pids + split_pids + plain_pids + raw_pids, front)
+            pin(router_pids + split_pids + plain_pids + raw_pids + (baseline or (0, []))[1], front)
             WRK_PREFIX[:] = ["taskset", "-c", ",".join(map(str, sorted(front)))]
             print(f"bench: backends on CPU {cpus[-1]}, proxies and wrk on {sorted(front)}")
         results = measure(targets, concurrency, script, args.duration, args.rounds)

@@ -3,7 +3,7 @@
 # Installs wrk and nginx from Debian if absent (needs root), sets up .venv if needed.
 # usage: scripts/bench_router.sh [--duration S] [--rounds N] [--static-concurrency 1,32]
 #                                [--paddle-concurrency 1,16] [--skip-paddle] [--probe-rounds N]
-#                                [--isolate] [--json FILE]
+#                                [--baseline DIR] [--isolate] [--json FILE]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
