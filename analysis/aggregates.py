@@ -7,8 +7,8 @@ hand in tests, and the engine could be swapped without touching the statistics.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime
-from typing import Optional
+from datetime import date, datetime, timedelta, timezone
+from typing import Optional, Union
 
 from analysis.stats import ArmStats
 
@@ -36,14 +36,32 @@ class MetricSums:
         return ArmStats(units, self.total, self.total_sq)
 
 
+def period_start(day: Union[date, datetime]) -> datetime:
+    """The moment a period of the daily series starts (a day is a date, an hour a datetime)."""
+    if isinstance(day, datetime):
+        return day
+    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+
+
 @dataclass(frozen=True)
 class DayRow:
-    """One arm and metric on one day: that day's per-unit sums, and the running totals."""
+    """One arm and metric on one day (or hour): its per-unit sums, and the running totals."""
 
-    day: date
+    day: date  # a datetime when the periods are hours
     units: int  # units enrolled by the end of the day (cumulative)
     daily: MetricSums  # outcomes on this day, per unit
     cumulative: MetricSums  # outcomes up to the end of this day, per unit
+
+
+@dataclass(frozen=True)
+class CutFile:
+    """A gzipped log whose stream stops short: the records left and the span of their `ts`."""
+
+    name: str
+    kind: str  # "exposures" or "outcomes"
+    records: int
+    first_ts: Optional[datetime]
+    last_ts: Optional[datetime]
 
 
 @dataclass(frozen=True)
@@ -56,11 +74,16 @@ class DataQuality:
     not_enrolled: int = 0
     unusable_exposures: int = 0  # of this experiment, but no ts, unit or arm
     switched_units: int = 0  # logged in more than one arm; counted in their first
+    # of those, not explained by a traffic change after their first exposure
+    unexplained_switches: int = 0
     fallback_units: int = 0  # served by control at least once through a fallback
     outcome_records: int = 0
+    bad_values: int = 0  # of those, a value that is not a finite number: skipped
+    duplicate_outcomes: int = 0  # of those, repeats of an earlier record: skipped
     outcomes_used: int = 0
     outcomes_before_exposure: int = 0
     outcomes_unknown_unit: int = 0
+    cut_files: tuple[CutFile, ...] = ()
 
 
 Stratum = float  # the treatment traffic (percent) in force at a unit's first exposure
@@ -80,6 +103,9 @@ class Aggregates:
     first_exposure: Optional[datetime]
     last_exposure: Optional[datetime]
     quality: DataQuality = field(default_factory=DataQuality)
+    # The length of the periods of `daily`: a day, or an hour for a run shorter than two days.
+    period: timedelta = timedelta(days=1)
+    signed_metrics: frozenset[str] = frozenset()  # metrics with a negative value
 
     @property
     def strata(self) -> list[Stratum]:

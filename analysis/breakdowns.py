@@ -12,7 +12,7 @@ import numpy as np
 
 from analysis.aggregates import TRAFFIC_SEGMENT, Aggregates, DayRow, MetricSums
 from analysis.results import RoledMetric, SegmentResult, Trend, TrendPoint
-from analysis.sequential import always_valid_p
+from analysis.sequential import always_valid_interval, always_valid_p
 from analysis.stats import ArmStats, compare, compare_strata
 
 
@@ -35,33 +35,31 @@ def daily_trends(
             pairs = [(c, t) for c, t in series if c and t]
             if not pairs:
                 continue
-            points = [
-                _trend_point(m.kind, rows, alpha) for rows in zip(*(zip(c, t) for c, t in pairs))
-            ]
+            points = [_trend_point(m, rows, alpha) for rows in zip(*(zip(c, t) for c, t in pairs))]
             if m == primary and tau is not None:
-                running = always_valid_p(
-                    np.array([p.cumulative.diff for p in points]),
-                    np.array([p.cumulative.diff_variance for p in points]),
-                    tau * tau,
-                )
+                diff = np.array([p.cumulative.diff for p in points])
+                variance = np.array([p.cumulative.diff_variance for p in points])
+                running = always_valid_p(diff, variance, tau * tau)
+                low, high = always_valid_interval(diff, variance, tau * tau, alpha)
                 points = [
-                    TrendPoint(p.day, p.daily, p.cumulative, float(v))
-                    for p, v in zip(points, running)
+                    TrendPoint(p.day, p.daily, p.cumulative, float(v), (float(lo), float(hi)))
+                    for p, v, lo, hi in zip(points, running, low, high)
                 ]
             trends.append(Trend(m.name, m.role, m.kind, arm, tuple(points)))
     return trends
 
 
-def _trend_point(kind: str, day: Sequence[tuple[DayRow, DayRow]], alpha: float) -> TrendPoint:
+def _trend_point(m: RoledMetric, day: Sequence[tuple[DayRow, DayRow]], alpha: float) -> TrendPoint:
     """One day over all strata: `day` holds each stratum's (control, treatment) rows."""
+    kind = m.kind
     daily = [(c.daily.as_stats(kind, c.units), t.daily.as_stats(kind, t.units)) for c, t in day]
     cumulative = [
         (c.cumulative.as_stats(kind, c.units), t.cumulative.as_stats(kind, t.units)) for c, t in day
     ]
     return TrendPoint(
         day[0][0].day,
-        compare_strata(kind, daily, alpha),
-        compare_strata(kind, cumulative, alpha),
+        compare_strata(kind, daily, alpha, m.nonnegative),
+        compare_strata(kind, cumulative, alpha, m.nonnegative),
     )
 
 
@@ -96,14 +94,18 @@ def segment_results(
                         (stats(attribute, value, s, control, m), stats(attribute, value, s, arm, m))
                         for s in aggregates.strata
                     ]
-                    comparison = compare_strata(m.kind, pairs, alpha)
+                    comparison = compare_strata(m.kind, pairs, alpha, m.nonnegative)
                     results.append(SegmentResult(attribute, value, m.name, m.role, arm, comparison))
     if len(aggregates.strata) > 1:  # the ramp phases themselves, each compared on its own
         for stratum in aggregates.strata:
             for m in metrics:
                 for arm in treatments:
                     comparison = compare(
-                        m.kind, whole(stratum, control, m), whole(stratum, arm, m), alpha
+                        m.kind,
+                        whole(stratum, control, m),
+                        whole(stratum, arm, m),
+                        alpha,
+                        m.nonnegative,
                     )
                     results.append(
                         SegmentResult(

@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
@@ -97,6 +97,7 @@ def _report(args: argparse.Namespace) -> int:
         spec.name,
         registry.attributes,
         history,
+        control=spec.arms.control,
         threads=args.threads,
         memory_limit=args.memory_limit,
     )
@@ -115,7 +116,9 @@ def _report(args: argparse.Namespace) -> int:
                 for i, p in enumerate(during)
             )
         )
-    report = build_report(spec, aggregates, extra_quality_notes=notes)
+    report = build_report(
+        spec, aggregates, extra_quality_notes=notes, as_of=datetime.now(timezone.utc)
+    )
     if args.out is not None:
         written = write_report_files(report, args.out)
         print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)

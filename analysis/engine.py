@@ -18,7 +18,7 @@ The rules of the analysis live in the SQL below:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Optional
@@ -28,11 +28,12 @@ import duckdb
 from analysis.aggregates import (
     MISSING,
     Aggregates,
+    CutFile,
     DataQuality,
     DayRow,
     MetricSums,
 )
-from analysis.logfiles import LogFiles, last_line_truncated
+from analysis.logfiles import LogFiles, gzip_complete, last_line_truncated
 from analysis.traffic_history import TrafficPeriod
 
 
@@ -42,6 +43,7 @@ def aggregate_logs(
     attributes: Sequence[str],
     history: Sequence[TrafficPeriod],
     *,
+    control: str = "control",
     threads: Optional[int] = None,
     memory_limit: str = "2GB",
     temp_directory: Optional[Path] = None,
@@ -53,7 +55,7 @@ def aggregate_logs(
         con.execute("SET preserve_insertion_order = false")
         if temp_directory is not None:
             con.execute(f"SET temp_directory = {_literal(str(temp_directory))}")
-        return _Run(con, logs, experiment, tuple(attributes), tuple(history)).aggregates()
+        return _Run(con, logs, experiment, tuple(attributes), tuple(history), control).aggregates()
 
 
 class _Run:
@@ -64,8 +66,10 @@ class _Run:
         experiment: str,
         attributes: tuple[str, ...],
         history: tuple[TrafficPeriod, ...],
+        control: str,
     ) -> None:
         self.con = con
+        self.control = control
         self.logs = logs
         self.experiment = experiment
         self.attributes = attributes
@@ -75,17 +79,21 @@ class _Run:
 
     def aggregates(self) -> Aggregates:
         exposure_quality = self._load_units()
-        outcome_quality = self._load_outcomes()
+        first, last = self._exposure_span()
+        # A run shorter than two days has too few days for a trend: it is followed by the hour.
+        hourly = first is not None and last is not None and last - first < timedelta(days=2)
+        bucket = "date_trunc('hour', {ts})" if hourly else "CAST({ts} AS DATE)"
+        outcome_quality = self._load_outcomes(bucket)
         unreadable = exposure_quality.pop("unreadable") + outcome_quality.pop("unreadable")
         truncated = self._truncated_last_lines() if unreadable else 0
         units, segment_units = self._unit_counts()
         metrics, segment_metrics = self._metric_sums()
-        first, last = self._exposure_span()
         quality = DataQuality(
             exposure_files=len(self.logs.exposures),
             outcome_files=len(self.logs.outcomes),
             unreadable_lines=unreadable,
             truncated_last_lines=truncated,
+            cut_files=self._cut_files(),
             **exposure_quality,
             **outcome_quality,
         )
@@ -94,11 +102,13 @@ class _Run:
             metrics=metrics,
             segment_units=segment_units,
             segment_metrics=segment_metrics,
-            daily=self._daily(first, last, units),
+            daily=self._daily(first, last, units, bucket, hourly),
             binary_metrics=self._binary_metrics(),
             first_exposure=first,
             last_exposure=last,
             quality=quality,
+            period=timedelta(hours=1) if hourly else timedelta(days=1),
+            signed_metrics=self._signed_metrics(),
         )
 
     # --- loading -------------------------------------------------------------------------------
@@ -163,7 +173,19 @@ class _Run:
             FROM unit_rows
             """
         ).fetchone()
-        assert row is not None
+        # A later exposure in another arm is what a traffic change after the unit's first
+        # exposure does: a rise moves control units out, a fall (a rollback) moves them back.
+        moved = self.con.execute(
+            """
+            SELECT count(*) FILTER (WHERE NOT EXISTS (
+                       SELECT 1 FROM periods p WHERE p.since > u.first_ts
+                       AND CASE WHEN u.arm = $control THEN p.traffic > u.traffic
+                                ELSE p.traffic < u.traffic END))
+            FROM units u WHERE u.switched
+            """,
+            {"control": self.control},
+        ).fetchone()
+        assert row is not None and moved is not None
         unreadable, records, not_enrolled, unusable, switched, fell_back = (int(v) for v in row)
         return {
             "unreadable": unreadable,
@@ -171,55 +193,103 @@ class _Run:
             "not_enrolled": not_enrolled,
             "unusable_exposures": unusable,
             "switched_units": switched,
+            "unexplained_switches": int(moved[0]),
             "fallback_units": fell_back,
         }
 
-    def _load_outcomes(self) -> dict[str, int]:
-        columns = {
-            "ts": "TIMESTAMPTZ", "unit": "VARCHAR", "metric": "VARCHAR",
-            "value": "DOUBLE", "experiment": "VARCHAR",
-        }  # fmt: skip
+    def _load_outcomes(self, bucket: str) -> dict[str, int]:
+        """Outcomes worth counting, once each: bad values and repeats are dropped and counted.
+
+        Read as raw objects, because a typed reader cannot tell `"value": null` (a bad value)
+        from no `value` at all (one occurrence). A value must be a finite JSON number; a record
+        with the same `event_id` for the same unit and metric as an earlier one is a repeat
+        (a client's retry), and so is, without `event_id`, a record identical in ts, unit,
+        metric and value (a log shipper's second delivery). The earliest copy counts.
+        """
+        fields = (
+            '{"ts": "VARCHAR", "unit": "VARCHAR", "metric": "VARCHAR", "value": "JSON", '
+            '"experiment": "VARCHAR", "event_id": "VARCHAR"}'
+        )
         self.con.execute(
             f"""
-            CREATE TEMP TABLE outcome_rows AS
-            SELECT ts, unit, metric, coalesce(value, 1.0) AS value
-            FROM {self._reader(self.logs.outcomes, columns)}
-            WHERE experiment IS NULL OR experiment = $experiment
+            CREATE TEMP TABLE outcome_raw AS
+            WITH parsed AS (
+                SELECT coalesce(json_type(json) = 'OBJECT', false) AS readable,
+                       json_transform(json, {_literal(fields)}) AS r
+                FROM {self._object_reader(self.logs.outcomes)}
+            ), typed AS (
+                SELECT readable, TRY_CAST(r.ts AS TIMESTAMPTZ) AS ts, r.unit AS unit,
+                       r.metric AS metric, r.event_id AS event_id, r.experiment AS experiment,
+                       CASE WHEN r.value IS NULL THEN 1.0
+                            WHEN json_type(r.value) IN ('BIGINT', 'UBIGINT', 'DOUBLE')
+                            THEN TRY_CAST(r.value AS DOUBLE) END AS value
+                FROM parsed
+            )
+            SELECT readable, ts, unit, metric, event_id,
+                   CASE WHEN isfinite(value) THEN value END AS value
+            FROM typed
+            WHERE NOT readable OR experiment IS NULL OR experiment = $experiment
             """,
             {"experiment": self.experiment, "files": _paths(self.logs.outcomes)},
         )
-        # Units' per-day sums of each metric, counting only outcomes from the first exposure on.
         self.con.execute(
             """
+            CREATE TEMP TABLE outcome_rows AS
+            SELECT min(ts) AS ts, unit, metric, arg_min(value, ts) AS value, count(*) AS copies
+            FROM outcome_raw
+            WHERE ts IS NOT NULL AND unit IS NOT NULL AND metric IS NOT NULL
+                  AND value IS NOT NULL
+            GROUP BY unit, metric, event_id,
+                     CASE WHEN event_id IS NULL THEN ts END,
+                     CASE WHEN event_id IS NULL THEN value END
+            """
+        )
+        # Units' per-period sums of each metric, counting only outcomes from the first exposure.
+        self.con.execute(
+            f"""
             CREATE TEMP TABLE unit_days AS
-            SELECT o.unit, o.metric, CAST(o.ts AS DATE) AS day,
+            SELECT o.unit, o.metric, {bucket.format(ts="o.ts")} AS day,
                    sum(o.value) AS v, bool_or(o.value > 0) AS pos
             FROM outcome_rows o JOIN units u ON o.unit = u.unit AND o.ts >= u.first_ts
-            WHERE o.metric IS NOT NULL
             GROUP BY ALL
             """
         )
+        raw = self.con.execute(
+            """
+            SELECT count(*) FILTER (WHERE NOT readable),
+                   count(*) FILTER (WHERE readable AND
+                                    (ts IS NULL OR unit IS NULL OR metric IS NULL)),
+                   count(*) FILTER (WHERE ts IS NOT NULL AND unit IS NOT NULL
+                                    AND metric IS NOT NULL AND value IS NULL)
+            FROM outcome_raw
+            """
+        ).fetchone()
         row = self.con.execute(
             """
-            SELECT count(*) FILTER (WHERE o.ts IS NULL OR o.unit IS NULL OR o.metric IS NULL),
-                   count(*) FILTER (WHERE o.ts IS NOT NULL AND o.unit IS NOT NULL
-                                    AND o.metric IS NOT NULL),
-                   count(*) FILTER (WHERE o.metric IS NOT NULL AND o.ts >= u.first_ts),
-                   count(*) FILTER (WHERE o.metric IS NOT NULL AND o.ts < u.first_ts),
-                   count(*) FILTER (WHERE o.metric IS NOT NULL AND o.ts IS NOT NULL
-                                    AND o.unit IS NOT NULL AND u.unit IS NULL)
+            SELECT coalesce(sum(o.copies), 0), coalesce(sum(o.copies - 1), 0),
+                   count(*) FILTER (WHERE o.ts >= u.first_ts),
+                   count(*) FILTER (WHERE o.ts < u.first_ts),
+                   count(*) FILTER (WHERE u.unit IS NULL)
             FROM outcome_rows o LEFT JOIN units u ON o.unit = u.unit
             """
         ).fetchone()
-        assert row is not None
-        unreadable, records, used, before, unknown = (int(v) for v in row)
+        assert raw is not None and row is not None
+        unreadable, incomplete, bad_values = (int(v) for v in raw)
+        records, repeats, used, before, unknown = (int(v) for v in row)
         return {
-            "unreadable": unreadable,
-            "outcome_records": records,
+            "unreadable": unreadable + incomplete,
+            "outcome_records": records + bad_values,
+            "bad_values": bad_values,
+            "duplicate_outcomes": repeats,
             "outcomes_used": used,
             "outcomes_before_exposure": before,
             "outcomes_unknown_unit": unknown,
         }
+
+    def _object_reader(self, files: Sequence[Path]) -> str:
+        if not files:
+            return "(SELECT NULL::JSON AS json WHERE false AND $files IS NOT NULL)"
+        return "read_ndjson_objects($files, ignore_errors = true, maximum_object_size = 16777216)"
 
     def _reader(self, files: Sequence[Path], columns: dict[str, str]) -> str:
         if not files:
@@ -311,6 +381,8 @@ class _Run:
         first: Optional[datetime],
         last: Optional[datetime],
         units: dict[tuple[float, str], int],
+        bucket: str,
+        hourly: bool,
     ) -> dict[tuple[float, str, str], list[DayRow]]:
         """Per stratum, arm and metric, each day: that day's per-unit sums and the running ones.
 
@@ -320,7 +392,7 @@ class _Run:
         if first is None or last is None:
             return {}
         new_units = self.con.execute(
-            "SELECT traffic, arm, CAST(first_ts AS DATE), count(*) FROM units GROUP BY ALL"
+            f"SELECT traffic, arm, {bucket.format(ts='first_ts')}, count(*) FROM units GROUP BY ALL"
         ).fetchall()
         rows = self.con.execute(
             """
@@ -344,7 +416,11 @@ class _Run:
             """
         ).fetchall()
         outcome_days = [r[3] for r in rows]
-        days = _day_range(first.date(), max([last.date(), *outcome_days]))
+        if hourly:
+            start = first.replace(minute=0, second=0, microsecond=0)
+            days: list[date] = list(_hour_range(start, max([last, *outcome_days])))
+        else:
+            days = _day_range(first.date(), max([last.date(), *outcome_days]))
         added = {(float(t), str(a), d): int(n) for t, a, d, n in new_units}
         cells = {(float(r[0]), str(r[1]), str(r[2]), r[3]): r[4:] for r in rows}
         metric_names = sorted({str(r[2]) for r in rows})
@@ -373,10 +449,35 @@ class _Run:
 
     def _binary_metrics(self) -> frozenset[str]:
         rows = self.con.execute(
-            "SELECT metric FROM outcome_rows WHERE metric IS NOT NULL "
-            "GROUP BY metric HAVING bool_and(value IN (0, 1))"
+            "SELECT metric FROM outcome_rows GROUP BY metric HAVING bool_and(value IN (0, 1))"
         ).fetchall()
         return frozenset(str(r[0]) for r in rows)
+
+    def _signed_metrics(self) -> frozenset[str]:
+        """Metrics with a negative value (a refund): their means, and ratios, can go negative."""
+        rows = self.con.execute(
+            "SELECT metric FROM outcome_rows GROUP BY metric HAVING bool_or(value < 0)"
+        ).fetchall()
+        return frozenset(str(r[0]) for r in rows)
+
+    def _cut_files(self) -> tuple[CutFile, ...]:
+        """Gzipped logs whose compressed stream stops short: what is left of them, and when
+        their last record was written (to estimate what the rest held)."""
+        cut = []
+        for kind, files in (("exposures", self.logs.exposures), ("outcomes", self.logs.outcomes)):
+            for path in files:
+                if path.suffix != ".gz" or gzip_complete(path):
+                    continue
+                row = self.con.execute(
+                    "SELECT count(*), min(TRY_CAST(json_extract_string(json, '$.ts') AS "
+                    "TIMESTAMPTZ)), max(TRY_CAST(json_extract_string(json, '$.ts') AS "
+                    "TIMESTAMPTZ)) FROM read_ndjson_objects($file, ignore_errors = true) "
+                    "WHERE json IS NOT NULL",
+                    {"file": str(path)},
+                ).fetchone()
+                assert row is not None
+                cut.append(CutFile(path.name, kind, int(row[0]), row[1], row[2]))
+        return tuple(cut)
 
     def _exposure_span(self) -> tuple[Optional[datetime], Optional[datetime]]:
         row = self.con.execute("SELECT min(first_ts), max(last_ts) FROM units").fetchone()
@@ -386,6 +487,13 @@ class _Run:
 
 def _day_range(first: date, last: date) -> list[date]:
     return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def _hour_range(first: datetime, last: datetime) -> Iterator[datetime]:
+    hour = first
+    while hour <= last:
+        yield hour
+        hour += timedelta(hours=1)
 
 
 def _paths(files: Sequence[Path]) -> list[str]:

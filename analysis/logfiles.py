@@ -96,6 +96,28 @@ def last_line_truncated(path: Path) -> bool:
         return file.read(1) != b"\n"
 
 
+def gzip_complete(path: Path) -> bool:
+    """Whether every gzip member in the file runs to its end-of-stream marker and checksum.
+
+    A copy or a rotation cut short leaves a stream that simply stops: a reader sees fewer
+    lines, possibly ending on a whole one, and nothing else tells that records are missing.
+    """
+    decompressor = zlib.decompressobj(wbits=31)
+    with open(path, "rb") as file:
+        while True:
+            block = file.read(1 << 20)
+            if not block:
+                return decompressor.eof
+            while block:
+                try:
+                    decompressor.decompress(block)
+                except zlib.error:
+                    return False
+                block = decompressor.unused_data if decompressor.eof else b""
+                if block:  # the next member of a multi-member file
+                    decompressor = zlib.decompressobj(wbits=31)
+
+
 def _gzip_tail(path: Path) -> bytes:
     """The last bytes of a gzip file's content (it has to be decompressed to get there)."""
     tail = b""

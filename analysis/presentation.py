@@ -13,11 +13,11 @@ from analysis.results import PRIMARY, SECONDARY, MetricResult, Report, SegmentRe
 from analysis.stats import Comparison
 
 TRUST_NOTE = (
-    "Which p-value to trust: before the registered run is complete (min_days and the planned "
-    "units per arm), only the always-valid p-value may end the test - it stays valid however "
-    "often you look. At the planned end, read the fixed-horizon p-value once; it is the more "
-    "powerful of the two. Reading the fixed-horizon p-value daily and stopping at the first "
-    "p < alpha inflates false positives several times."
+    "Which p-value decides: before the planned end (min_days and the planned units per arm), "
+    "only the always-valid p-value can stop the test early, because it stays valid however "
+    "often you look. From the planned end on, the verdict is the fixed-horizon p-value on the "
+    "data up to the planned end, and every later report repeats it: new data after that "
+    "no longer changes the verdict."
 )
 
 
@@ -55,7 +55,7 @@ def _summary(report: Report) -> Section:
             f"({report.days_run:.1f} days)"
         )
     units = ", ".join(f"{arm} {n:,}" for arm, n in report.units.items())
-    blocks.append(Paragraph(f"Run: {span}; units: {units}."))
+    blocks.append(Paragraph(f"Run: {span}; units: {units}{_compared(report)}."))
     plan = report.plan
     if plan.registered is not None:
         p = plan.registered
@@ -78,6 +78,23 @@ def _summary(report: Report) -> Section:
     return Section("Verdict", blocks)
 
 
+def _compared(report: Report) -> str:
+    """Why the comparison counts fewer units than the run, when it does."""
+    left_out = {
+        arm: report.units.get(arm, 0) - n
+        for arm, n in report.compared_units.items()
+        if report.units.get(arm, 0) != n
+    }
+    if not left_out:
+        return ""
+    compared = ", ".join(f"{arm} {n:,}" for arm, n in report.compared_units.items())
+    out = ", ".join(f"{n:,} {arm}" for arm, n in left_out.items())
+    return (
+        f" (compared: {compared}; {out} unit(s) were enrolled while the traffic gave another "
+        "arm no share, so nothing enrolled then can be compared with them)"
+    )
+
+
 def _metric_plan(m: MetricPlan) -> str:
     parts: list[str] = [m.type, m.direction or "either direction"]
     if m.mde is not None:
@@ -87,38 +104,51 @@ def _metric_plan(m: MetricPlan) -> str:
 
 def _metrics(report: Report) -> Section:
     multi = len(report.treatments) > 1
-    headers = ("role", "metric", *(("arm",) if multi else ()), "control", "treatment",
-               "difference [CI]", "lift [CI]", "p", "p adjusted", "always-valid p")  # fmt: skip
+    headers = ("role", "metric", *(("arm",) if multi else ()), "data to", "control",
+               "treatment", "difference [CI]", "lift [CI]", "p", "p adjusted",
+               "always-valid p")  # fmt: skip
     rows = []
+    reasons = _Reasons()
+    last = _time(report.last_exposure) if report.last_exposure else "-"
     for m in report.metrics:
         c = m.comparison
         role = m.role + (" HARMED" if m.harmed else "")
         rows.append(
             (
                 role, m.metric, *((m.arm,) if multi else ()),
+                _time(m.through) if m.through else last,
                 _value(c.control_mean, m.kind), _value(c.treatment_mean, m.kind),
-                _diff(c, m.kind), _lift(c), _p(c.p_value),
+                _diff(c, m.kind), reasons.lift(c), _p(c.p_value),
                 _p(m.p_adjusted) if _adjusted(m, multi) else "",
                 _p(m.always_valid_p) if m.role == PRIMARY else "",
             )
         )  # fmt: skip
-    align = ("l", "l", *(("l",) if multi else ()), "r", "r", "r", "r", "r", "r", "r")
+    align = ("l", "l", *(("l",) if multi else ()), "l", "r", "r", "r", "r", "r", "r", "r")
     method = (
-        "Proportions: pooled z-test with score intervals. Means (per-unit sums): Welch's "
-        "t-test, delta-method interval for the lift."
+        "Proportions: pooled z-test with score intervals (for the difference and the ratio). "
+        "Means (per-unit sums): Welch's t-test with its interval, and Fieller's interval for "
+        "the ratio."
     )
     if any(m.comparison.strata for m in report.metrics):
         method = (
             "The traffic changed during the run: each arm is compared within the ramp phases "
-            "(traffic at first exposure), combined by their unit shares; normal test and "
-            "intervals, delta-method interval for the lift. Arm values are the phase-weighted ones."
+            "(traffic at first exposure), combined with weights n_control * n_treatment / n per "
+            "phase; normal test and interval, Fieller's interval for the ratio. Arm values are "
+            "the phase-weighted ones."
+        )
+    through = ""
+    if report.plan.planned_end is not None:
+        through = (
+            " The primary and secondary metrics are read on the data to the planned end, once; "
+            "the daily trend shows what came after."
         )
     note = Paragraph(
         f"Two-sided tests at alpha {report.plan.alpha:g}; intervals are "
-        f"{_confidence(report.plan.alpha)}. {method} Secondary p-values are Holm-adjusted; "
-        "exploratory metrics were not registered and decide nothing."
+        f"{_confidence(report.plan.alpha)}, each leaving out no difference exactly when its "
+        f"test's p < alpha. {method} Secondary p-values are Holm-adjusted; exploratory metrics "
+        f"were not registered and decide nothing.{through}"
     )
-    return Section("Metrics", [Table(headers, tuple(rows), align), note])
+    return Section("Metrics", [Table(headers, tuple(rows), align), note, *reasons.legend()])
 
 
 def _adjusted(m: MetricResult, multi_arm: bool) -> bool:
@@ -155,6 +185,7 @@ def _segments(report: Report, full: bool) -> Section:
         if s.metric in wanted:
             by_key.setdefault((s.attribute, s.metric), []).append(s)
     kinds = {m.metric: m.kind for m in report.metrics}
+    reasons = _Reasons()
     for (attribute, metric), rows in by_key.items():
         kind = kinds.get(metric, "mean")
         section.blocks.append(Paragraph(f"{metric} by {attribute}:"))
@@ -163,7 +194,7 @@ def _segments(report: Report, full: bool) -> Section:
                 s.value, *((s.arm,) if multi else ()),
                 f"{s.comparison.control.n:,}", f"{s.comparison.treatment.n:,}",
                 _value(s.comparison.control_mean, kind), _value(s.comparison.treatment_mean, kind),
-                _lift(s.comparison), _p(s.comparison.p_value),
+                reasons.lift(s.comparison), _p(s.comparison.p_value),
             )
             for s in rows
         )  # fmt: skip
@@ -171,37 +202,42 @@ def _segments(report: Report, full: bool) -> Section:
                    "control", "treatment", "lift [CI]", "p")  # fmt: skip
         align = ("l", *(("l",) if multi else ()), "r", "r", "r", "r", "r", "r")
         section.blocks.append(Table(headers, table_rows, align))
+    section.blocks.extend(reasons.legend())
     return section
 
 
 def _trends(report: Report, full: bool, plots: Mapping[str, str]) -> Section:
     section = Section("Daily trend")
     wanted = _shown_metrics(report, full)
+    period = report.period
+    reasons = _Reasons()
     for trend in report.trends:
         if trend.metric not in wanted:
             continue
         section.blocks.append(
             Paragraph(
-                f"{trend.metric} ({trend.arm} vs {report.control}): the lift on each day "
-                "(outcomes of that day, over units enrolled by then) and cumulative to that day."
+                f"{trend.metric} ({trend.arm} vs {report.control}), by {period} (UTC): the lift "
+                f"of each {period} (its outcomes, over units enrolled by then) and cumulative "
+                f"to the {period}'s end."
             )
         )
-        section.blocks.append(_trend_table(trend))
+        section.blocks.append(_trend_table(trend, period, reasons))
         plot = plots.get(plot_key(trend))
         if plot:
             section.blocks.append(Image(plot, f"{trend.metric} daily and cumulative lift"))
+    section.blocks.extend(reasons.legend())
     return section
 
 
-def _trend_table(trend: Trend) -> Table:
+def _trend_table(trend: Trend, period: str, reasons: _Reasons) -> Table:
     show_valid = trend.role == PRIMARY
-    headers = ("day", "units", "daily lift [CI]", "cumulative lift [CI]", "cumulative p",
-               *(("always-valid p",) if show_valid else ()))  # fmt: skip
+    headers = (period, "units", f"lift of the {period} [CI]", "cumulative lift [CI]",
+               "cumulative p", *(("always-valid p",) if show_valid else ()))  # fmt: skip
     rows = tuple(
         (
-            p.day.isoformat(),
+            p.day.isoformat() if period == "day" else f"{p.day:%m-%d %H:00}",
             f"{p.cumulative.control.n + p.cumulative.treatment.n:,}",
-            _lift(p.daily), _lift(p.cumulative), _p(p.cumulative.p_value),
+            reasons.lift(p.daily), reasons.lift(p.cumulative), _p(p.cumulative.p_value),
             *((_p(p.always_valid_p),) if show_valid else ()),
         )
         for p in trend.points
@@ -217,13 +253,17 @@ def _data(report: Report) -> Section:
         ("  not enrolled (not counted)", f"{q.not_enrolled:,}"),
         ("  enrolled but missing ts, unit or arm", f"{q.unusable_exposures:,}"),
         ("units logged in more than one arm (kept in the first)", f"{q.switched_units:,}"),
+        ("  of which no traffic change explains", f"{q.unexplained_switches:,}"),
         ("units served by a fallback at least once (kept in their arm)", f"{q.fallback_units:,}"),
         ("outcome records (this experiment or none named)", f"{q.outcome_records:,}"),
+        ("  value not a finite number (skipped)", f"{q.bad_values:,}"),
+        ("  repeats of an earlier record (skipped)", f"{q.duplicate_outcomes:,}"),
         ("  counted (at or after the unit's first exposure)", f"{q.outcomes_used:,}"),
         ("  before the unit's first exposure (not counted)", f"{q.outcomes_before_exposure:,}"),
         ("  of units never exposed (not counted)", f"{q.outcomes_unknown_unit:,}"),
         ("lines that were not records (skipped)", f"{q.unreadable_lines:,}"),
         ("  of which a file's incomplete last line", f"{q.truncated_last_lines:,}"),
+        ("gzipped files cut short (records missing)", f"{len(q.cut_files):,}"),
     )
     blocks: list[Block] = [Table(("", "count"), rows, ("l", "r"))]
     if report.notes:
@@ -263,6 +303,24 @@ def _diff(c: Comparison, kind: str) -> str:
     if math.isnan(low):
         return f"{number(c.diff)}{unit}"
     return f"{number(c.diff)}{unit} [{number(low)}, {number(high)}]"
+
+
+class _Reasons:
+    """Marks a lift printed without an interval, and explains each mark once under the table."""
+
+    def __init__(self) -> None:
+        self.marks: dict[str, str] = {}
+
+    def lift(self, c: Comparison) -> str:
+        text = _lift(c)
+        reason = c.missing_interval
+        if reason is None:
+            return text
+        mark = self.marks.setdefault(reason, "*" * (len(self.marks) + 1))
+        return f"{text} {mark}"
+
+    def legend(self) -> list[Block]:
+        return [Paragraph(f"{mark} no interval: {reason}.") for reason, mark in self.marks.items()]
 
 
 def _lift(c: Comparison) -> str:

@@ -24,6 +24,7 @@ class RoledMetric:
     role: str  # PRIMARY, SECONDARY, GUARDRAIL or EXPLORATORY
     kind: str  # "proportion" or "mean"
     direction: Optional[str]
+    nonnegative: bool = True  # no negative value was logged
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class MetricResult:
     p_adjusted: float
     always_valid_p: Optional[float] = None
     harmed: bool = False  # a guardrail that got significantly worse
+    # The end of the data compared: the planned end for the confirmatory metrics once it is
+    # reached (they are read there once), None for all the data.
+    through: Optional[datetime] = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,7 @@ class TrendPoint:
     daily: Comparison
     cumulative: Comparison
     always_valid_p: Optional[float] = None
+    always_valid_ci: tuple[float, float] = (math.nan, math.nan)  # for the difference
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,7 @@ class Plan:
     planned_units: Optional[int]
     planned_units_basis: str
     tau: Optional[float]  # mixing scale of the always-valid p-value (absolute effect)
+    planned_end: Optional[datetime] = None  # the end of the data the verdict reads, once reached
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,9 @@ class Report:
     trends: tuple[Trend, ...]
     warnings: tuple[str, ...]
     notes: tuple[str, ...] = field(default=())
+    period: str = "day"  # of the trend: "day", or "hour" for a run shorter than two days
+    # Units in the primary comparison, per arm: strata that lack an arm are left out of it.
+    compared_units: dict[str, int] = field(default_factory=dict)
 
     @property
     def verdict_line(self) -> str:
@@ -119,9 +128,11 @@ class Report:
                     "planned_units_per_arm": self.plan.planned_units,
                     "planned_units_basis": self.plan.planned_units_basis,
                     "always_valid_tau": self.plan.tau,
+                    "planned_end": self.plan.planned_end,
                 },
                 "run": {
                     "units": self.units,
+                    "compared_units": self.compared_units,
                     "first_exposure": self.first_exposure,
                     "last_exposure": self.last_exposure,
                     "days": self.days_run,
@@ -147,6 +158,7 @@ class Report:
                         "p_adjusted": m.p_adjusted,
                         "always_valid_p": m.always_valid_p,
                         "guardrail_harmed": m.harmed if m.role == GUARDRAIL else None,
+                        "data_through": m.through,
                     }
                     for m in self.metrics
                 ],
@@ -166,12 +178,14 @@ class Report:
                         "metric": t.metric,
                         "role": t.role,
                         "arm": t.arm,
+                        "period": self.period,
                         "days": [
                             {
                                 "day": p.day,
                                 "daily": comparison_dict(p.daily),
                                 "cumulative": comparison_dict(p.cumulative),
                                 "always_valid_p": p.always_valid_p,
+                                "always_valid_diff_ci": list(p.always_valid_ci),
                             }
                             for p in t.points
                         ],
@@ -193,6 +207,7 @@ def comparison_dict(c: Comparison) -> dict[str, Any]:
         "diff_ci": list(c.diff_ci),
         "lift": c.lift,
         "lift_ci": list(c.lift_ci),
+        "no_interval_because": c.missing_interval,
         "p_value": c.p_value,
         "statistic": c.statistic,
         "alpha": c.alpha,

@@ -41,3 +41,28 @@ def always_valid_p(diff: np.ndarray, variance: np.ndarray, tau2: float) -> np.nd
     usable = np.isfinite(log_lr) & (np.asarray(variance, dtype=float) > 0)
     instant = np.where(usable, np.exp(-np.clip(log_lr, 0.0, None)), 1.0)
     return np.minimum.accumulate(instant, axis=-1)
+
+
+def always_valid_interval(
+    diff: np.ndarray, variance: np.ndarray, tau2: float, alpha: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Running always-valid confidence intervals for the difference (one per look).
+
+    Every effect d the same test does not reject: Lambda(d) < 1/alpha with `diff - d` in place
+    of `diff`, which is diff +- sqrt(2 V (V + tau2) / tau2 * log(sqrt((V + tau2) / V) / alpha)).
+    Intersected over the looks, like the p-value is minimised over them: the interval leaves
+    out 0 exactly when the always-valid p-value is below alpha.
+    """
+    if tau2 <= 0:
+        raise ValueError(f"tau2 must be positive, got {tau2}")
+    diff = np.asarray(diff, dtype=float)
+    variance = np.asarray(variance, dtype=float)
+    usable = np.isfinite(diff) & np.isfinite(variance) & (variance > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        radius = np.sqrt(
+            2 * variance * (variance + tau2) / tau2
+            * (np.log(1 / alpha) + 0.5 * np.log((variance + tau2) / variance))
+        )  # fmt: skip
+    low = np.maximum.accumulate(np.where(usable, diff - radius, -np.inf), axis=-1)
+    high = np.minimum.accumulate(np.where(usable, diff + radius, np.inf), axis=-1)
+    return low, high

@@ -4,26 +4,28 @@ The engine reduces the logs to, per arm, the number of units `n`, the sum of the
 values and the sum of their squares; everything here works from those three numbers, so a
 report over ten million exposures and a unit test over ten units go through the same code.
 
+Every interval agrees with the test printed beside it: it leaves out "no difference" exactly
+when that test's p < alpha.
+
 - proportion: the pooled two-proportion z-test (statsmodels `proportions_ztest`, the article's
-  test), with score intervals for the difference and the ratio (statsmodels
-  `confint_proportions_2indep`, `method="score"`, no correction). At a difference of zero the
-  score statistic is the pooled z, so the interval excludes zero exactly when p < alpha.
-  statsmodels' score solver fails when an arm has no events or only events, and on many small
-  samples (a small day or segment): there the difference gets Newcombe's interval and the lift
-  none (no ratio interval behaves there; the adjusted log one can exclude its own estimate).
+  test), with score intervals for the difference and the ratio (`analysis.score_interval`),
+  which invert that same test.
 - mean: Welch's t-test (scipy `ttest_ind_from_stats`) with the Welch-Satterthwaite interval
-  for the difference, and a delta-method interval for the relative lift.
+  for the difference, and Fieller's interval for the ratio at Welch's critical value.
 - several strata (ramp phases: units enrolled under different traffic splits): the arms are
-  compared within each stratum and the differences combined with the strata's unit shares
-  as weights (post-stratification); a normal test on the combined difference and its variance.
-  Pooling across a ramp would compare a treatment arm of mostly late units with a control arm
-  of mostly early ones.
+  compared within each stratum and the differences combined with weights n_c n_t / (n_c + n_t)
+  (Cochran-Mantel-Haenszel), a normal test on the combined difference, a normal interval for
+  it and Fieller's for the ratio. Pooling across a ramp would compare a treatment arm of mostly
+  late units with a control arm of mostly early ones; weighting by each stratum's unit share
+  instead would give a stratum with one unit in an arm a large weight and a variance of zero.
+
+Lift intervals come from ratio intervals, so they never go below -100 % for a metric that
+cannot be negative.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -32,9 +34,15 @@ from typing import Optional, Union
 import numpy as np
 from scipy import stats as scipy_stats
 from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
+from statsmodels.stats.proportion import proportions_ztest
+
+from analysis.score_interval import diff_interval, ratio_interval
 
 NAN = float("nan")
+
+# Why an interval is missing, for the reader (the report prints these beside an "n/a").
+NO_VARIATION = "no variation to measure (an arm too small, or every unit alike)"
+NO_CONTROL_LEVEL = "the control value is zero or too uncertain for a ratio"
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,10 @@ class Comparison:
     p_value: float
     # Per-stratum (control, treatment) when the comparison is stratified; empty otherwise.
     strata: tuple[tuple[ArmStats, ArmStats], ...] = ()
+    # Whether the metric's values are never negative: then neither is a ratio of its means.
+    nonnegative: bool = True
+    # The critical value the test uses (z, or Welch's t), which the ratio interval reuses.
+    critical: float = NAN
 
     @property
     def diff(self) -> float:
@@ -116,20 +128,31 @@ class Comparison:
     def lift_ci(self) -> tuple[float, float]:
         return self._intervals[1]
 
+    @property
+    def missing_interval(self) -> Optional[str]:
+        """Why the lift has no interval, when it has none (and a lift to show)."""
+        if math.isnan(self.lift) or not math.isnan(self.lift_ci[0]):
+            return None
+        if math.isnan(self.diff_ci[0]):
+            return NO_VARIATION
+        return NO_CONTROL_LEVEL
+
     @cached_property
     def _intervals(self) -> tuple[tuple[float, float], tuple[float, float]]:
-        if self.strata:
-            return _normal_intervals(self)
-        if self.kind == "proportion":
+        if math.isnan(self.p_value):
+            return (NAN, NAN), (NAN, NAN)
+        if self.kind == "proportion" and not self.strata:
             return _proportion_intervals(self)
-        return _mean_intervals(self)
+        return _normal_intervals(self)
 
 
-def compare(kind: str, control: ArmStats, treatment: ArmStats, alpha: float) -> Comparison:
+def compare(
+    kind: str, control: ArmStats, treatment: ArmStats, alpha: float, nonnegative: bool = True
+) -> Comparison:
     if kind == "proportion":
         return compare_proportions(control, treatment, alpha)
     if kind == "mean":
-        return compare_means(control, treatment, alpha)
+        return compare_means(control, treatment, alpha, nonnegative)
     raise ValueError(f"metric type must be 'proportion' or 'mean', got {kind!r}")
 
 
@@ -145,15 +168,16 @@ def proportion_diff_variance(
 
 
 def compare_proportions(control: ArmStats, treatment: ArmStats, alpha: float) -> Comparison:
-    n_c, n_t = control.n, treatment.n
     x_c, x_t = _counts(control, treatment)
     statistic = p_value = NAN
     if _testable(control, treatment):
-        statistic, p_value = (float(v) for v in proportions_ztest([x_t, x_c], [n_t, n_c]))
+        statistic, p_value = (
+            float(v) for v in proportions_ztest([x_t, x_c], [treatment.n, control.n])
+        )
     return Comparison(
         "proportion", control, treatment, alpha, control.mean, treatment.mean,
         _mean_variance("proportion", control), _mean_variance("proportion", treatment),
-        statistic, p_value,
+        statistic, p_value, critical=_z(alpha),
     )  # fmt: skip
 
 
@@ -178,87 +202,62 @@ def _testable(control: ArmStats, treatment: ArmStats) -> bool:
 
 
 def _proportion_intervals(c: Comparison) -> tuple[tuple[float, float], tuple[float, float]]:
-    if not _testable(c.control, c.treatment):
-        return (NAN, NAN), (NAN, NAN)
     n_c, n_t = c.control.n, c.treatment.n
     x_c, x_t = _counts(c.control, c.treatment)
-    interior = 0 < x_c < n_c and 0 < x_t < n_t
-    diff_ci = _score_interval(x_t, n_t, x_c, n_c, c.alpha, "diff", c.diff) if interior else None
-    if diff_ci is None:
-        diff_ci = _newcombe_interval(x_t, n_t, x_c, n_c, c.alpha)
-        return diff_ci, (NAN, NAN)
-    ratio_ci = _score_interval(
-        x_t, n_t, x_c, n_c, c.alpha, "ratio", c.treatment_mean / c.control_mean
-    )
-    if ratio_ci is None:
-        return diff_ci, (NAN, NAN)
-    return diff_ci, (ratio_ci[0] - 1, ratio_ci[1] - 1)
+    diff_ci = diff_interval(x_t, n_t, x_c, n_c, c.critical)
+    low, high = ratio_interval(x_t, n_t, x_c, n_c, c.critical)
+    return diff_ci, (low - 1, high - 1)
 
 
-def _score_interval(
-    x_t: int, n_t: int, x_c: int, n_c: int, alpha: float, compare: str, estimate: float
-) -> Optional[tuple[float, float]]:
-    """statsmodels' score interval, or None where its root search fails (small samples):
-    an exception, a numerical warning, or an interval that misses its own estimate."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        try:
-            low, high = _pair(
-                confint_proportions_2indep(
-                    x_t, n_t, x_c, n_c, compare=compare, alpha=alpha, method="score",
-                    correction=False,
-                )
-            )  # fmt: skip
-        except (ValueError, ZeroDivisionError, FloatingPointError, RuntimeWarning):
-            return None
-    if not (math.isfinite(low) and math.isfinite(high) and low <= estimate <= high):
-        return None
-    return low, high
-
-
-def _newcombe_interval(x_t: int, n_t: int, x_c: int, n_c: int, alpha: float) -> tuple[float, float]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return _pair(
-            confint_proportions_2indep(x_t, n_t, x_c, n_c, compare="diff", alpha=alpha,
-                                       method="newcomb")
-        )  # fmt: skip
-
-
-def compare_means(control: ArmStats, treatment: ArmStats, alpha: float) -> Comparison:
+def compare_means(
+    control: ArmStats, treatment: ArmStats, alpha: float, nonnegative: bool = True
+) -> Comparison:
     m_c, m_t = control.mean, treatment.mean
     v_c, v_t = control.variance, treatment.variance
     se2_c, se2_t = _mean_variance("mean", control), _mean_variance("mean", treatment)
-    statistic = p_value = NAN
+    statistic = p_value = critical = NAN
     if se2_c + se2_t > 0:  # False for NaN too: fewer than two units in an arm
         result = scipy_stats.ttest_ind_from_stats(
             m_t, math.sqrt(v_t), treatment.n, m_c, math.sqrt(v_c), control.n, equal_var=False
         )
         statistic, p_value = float(result.statistic), float(result.pvalue)
-    return Comparison("mean", control, treatment, alpha, m_c, m_t, se2_c, se2_t, statistic, p_value)
+        dof = (se2_c + se2_t) ** 2 / (se2_t**2 / (treatment.n - 1) + se2_c**2 / (control.n - 1))
+        critical = float(scipy_stats.t.ppf(1 - alpha / 2, dof))
+    return Comparison(
+        "mean", control, treatment, alpha, m_c, m_t, se2_c, se2_t, statistic, p_value,
+        nonnegative=nonnegative, critical=critical,
+    )  # fmt: skip
 
 
 def compare_strata(
-    kind: str, strata: Sequence[tuple[ArmStats, ArmStats]], alpha: float
+    kind: str,
+    strata: Sequence[tuple[ArmStats, ArmStats]],
+    alpha: float,
+    nonnegative: bool = True,
 ) -> Comparison:
-    """Control and treatment compared within strata, combined by the strata's unit shares.
+    """Control and treatment compared within strata, combined with weights n_c n_t / (n_c + n_t).
 
-    A stratum missing an arm (a rollback sent everyone to control) cannot compare anything
-    and is left out. With one stratum left this is `compare`, exactly.
+    Those weights are what each stratum can tell about the difference: a stratum with one
+    unit in an arm counts for about one unit, however many the other arm holds. A stratum
+    missing an arm (a rollback sent everyone to control) has weight 0 and is left out. With
+    one stratum left this is `compare`, exactly.
     """
     usable = [(c, t) for c, t in strata if c.n and t.n]
     if len(usable) <= 1:
         if usable:
-            return compare(kind, *usable[0], alpha)
+            return compare(kind, *usable[0], alpha, nonnegative)
         control = sum((c for c, _ in strata), ArmStats(0, 0.0, 0.0))
         treatment = sum((t for _, t in strata), ArmStats(0, 0.0, 0.0))
-        return compare(kind, control, treatment, alpha)
-    total = sum(c.n + t.n for c, t in usable)
-    weights = [(c.n + t.n) / total for c, t in usable]
+        return compare(kind, control, treatment, alpha, nonnegative)
+    raw = [c.n * t.n / (c.n + t.n) for c, t in usable]
+    weights = [w / sum(raw) for w in raw]
     m_c = sum(w * c.mean for w, (c, _) in zip(weights, usable))
     m_t = sum(w * t.mean for w, (_, t) in zip(weights, usable))
-    v_c = sum(w * w * _mean_variance(kind, c) for w, (c, _) in zip(weights, usable))
-    v_t = sum(w * w * _mean_variance(kind, t) for w, (_, t) in zip(weights, usable))
+    v_c = v_t = 0.0
+    for w, (c, t) in zip(weights, usable):
+        pooled = _unit_variance(kind, c + t)
+        v_c += w * w * _arm_unit_variance(kind, c, pooled) / c.n
+        v_t += w * w * _arm_unit_variance(kind, t, pooled) / t.n
     statistic = p_value = NAN
     if v_c + v_t > 0:
         statistic = (m_t - m_c) / math.sqrt(v_c + v_t)
@@ -267,38 +266,59 @@ def compare_strata(
         kind,
         sum((c for c, _ in usable), ArmStats(0, 0.0, 0.0)),
         sum((t for _, t in usable), ArmStats(0, 0.0, 0.0)),
-        alpha, m_c, m_t, v_c, v_t, statistic, p_value, tuple(usable),
+        alpha, m_c, m_t, v_c, v_t, statistic, p_value, tuple(usable), nonnegative, _z(alpha),
     )  # fmt: skip
 
 
+def _unit_variance(kind: str, arm: ArmStats) -> float:
+    if kind == "proportion":
+        return arm.mean * (1 - arm.mean) if arm.n else NAN
+    return arm.variance
+
+
+def _arm_unit_variance(kind: str, arm: ArmStats, pooled: float) -> float:
+    """One unit cannot show how units vary: it borrows its stratum's pooled variance."""
+    return pooled if arm.n < 2 else _unit_variance(kind, arm)
+
+
 def _normal_intervals(c: Comparison) -> tuple[tuple[float, float], tuple[float, float]]:
-    """Normal intervals from the combined estimate; delta method for the lift."""
+    """The difference +- critical * se, and Fieller's interval for the ratio of means."""
     if not c.diff_variance > 0:
         return (NAN, NAN), (NAN, NAN)
-    z = float(scipy_stats.norm.ppf(1 - c.alpha / 2))
-    half = z * math.sqrt(c.diff_variance)
+    half = c.critical * math.sqrt(c.diff_variance)
     diff_ci = (c.diff - half, c.diff + half)
-    m_c, m_t = c.control_mean, c.treatment_mean
-    if not m_c:
+    ratio = fieller_interval(
+        c.treatment_mean, c.treatment_mean_variance, c.control_mean, c.control_mean_variance,
+        c.critical,
+    )  # fmt: skip
+    if ratio is None:
         return diff_ci, (NAN, NAN)
-    se = math.sqrt(c.treatment_mean_variance / m_c**2 + m_t**2 * c.control_mean_variance / m_c**4)
-    return diff_ci, (c.lift - z * se, c.lift + z * se)
+    low, high = ratio
+    if c.nonnegative:
+        low = max(low, 0.0)
+    return diff_ci, (low - 1, high - 1)
 
 
-def _mean_intervals(c: Comparison) -> tuple[tuple[float, float], tuple[float, float]]:
-    """Welch-Satterthwaite interval for the difference; delta method for m_t / m_c - 1."""
-    if not c.diff_variance > 0:
-        return (NAN, NAN), (NAN, NAN)
-    se2_c, se2_t = c.control_mean_variance, c.treatment_mean_variance
-    dof = c.diff_variance**2 / (se2_t**2 / (c.treatment.n - 1) + se2_c**2 / (c.control.n - 1))
-    half = float(scipy_stats.t.ppf(1 - c.alpha / 2, dof)) * math.sqrt(c.diff_variance)
-    diff_ci = (c.diff - half, c.diff + half)
-    m_c, m_t = c.control_mean, c.treatment_mean
-    if not m_c:
-        return diff_ci, (NAN, NAN)
-    se_lift = math.sqrt(se2_t / m_c**2 + m_t**2 * se2_c / m_c**4)
-    half = float(scipy_stats.norm.ppf(1 - c.alpha / 2)) * se_lift
-    return diff_ci, (c.lift - half, c.lift + half)
+def fieller_interval(
+    m_t: float, v_t: float, m_c: float, v_c: float, critical: float
+) -> Optional[tuple[float, float]]:
+    """Every ratio r that the test of m_t - r m_c = 0 does not reject at `critical`.
+
+    (m_t - r m_c)^2 <= critical^2 (v_t + r^2 v_c) is a quadratic in r; at r = 1 it is the test
+    of the difference, so the interval leaves out 1 exactly when that test rejects. It is a
+    bounded interval only when the control mean itself is clearly away from zero; None else.
+    """
+    c2 = critical * critical
+    a = m_c * m_c - c2 * v_c
+    if not a > 0:
+        return None
+    b = m_t * m_c
+    root = math.sqrt(max(b * b - a * (m_t * m_t - c2 * v_t), 0.0))
+    return (b - root) / a, (b + root) / a
+
+
+def _z(alpha: float) -> float:
+    return float(scipy_stats.norm.ppf(1 - alpha / 2))
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -310,11 +330,6 @@ def holm(p_values: Sequence[float]) -> list[float]:
         for index, value in zip(present, corrected):
             adjusted[index] = float(value)
     return adjusted
-
-
-def _pair(values: Sequence[float]) -> tuple[float, float]:
-    low, high = values
-    return float(low), float(high)
 
 
 def is_finite(value: Optional[float]) -> bool:

@@ -96,17 +96,34 @@ def test_attributes_are_taken_at_the_first_exposure(logs: Path) -> None:
     assert result.segment_metrics[("city", "shanghai", 50.0, "treatment", "revenue")].total == 15.0
 
 
-def test_daily_series_end_at_the_totals(logs: Path) -> None:
+def test_a_run_shorter_than_two_days_is_followed_by_the_hour(logs: Path) -> None:
     result = run(logs)
+    assert result.period == timedelta(hours=1)
     rows = result.daily[(50.0, "treatment", "revenue")]
-    assert [r.day.isoformat() for r in rows] == ["2026-11-20", "2026-11-21"]
-    assert [r.units for r in rows] == [1, 2]
+    assert rows[0].day == T0  # the hour of the first exposure
+    assert rows[0].units == 1 and rows[-1].units == 2
     assert rows[0].daily == MetricSums(10.0, 100.0, 1)
-    assert rows[1].daily == MetricSums(12.5, 25.0 + 56.25, 2)
-    assert rows[1].cumulative == result.metrics[(50.0, "treatment", "revenue")]
+    assert rows[-1].cumulative == result.metrics[(50.0, "treatment", "revenue")]
     control = result.daily[(50.0, "control", "conversion")]
     assert control[0].cumulative == MetricSums(1.0, 1.0, 1)
-    assert control[1].cumulative == result.metrics[(50.0, "control", "conversion")]
+    assert control[-1].cumulative == result.metrics[(50.0, "control", "conversion")]
+
+
+def test_daily_series_end_at_the_totals(logs: Path) -> None:
+    # A unit seen two days later makes the run long enough to be followed by the day.
+    late = T0 + timedelta(days=2, hours=1)
+    write_daily(logs, "exposures", [exposure(late, "u7", "control")])
+    result = run(logs)
+    assert result.period == timedelta(days=1)
+    rows = result.daily[(50.0, "treatment", "revenue")]
+    assert [r.day.isoformat() for r in rows] == ["2026-11-20", "2026-11-21", "2026-11-22"]
+    assert [r.units for r in rows] == [1, 2, 2]
+    assert rows[0].daily == MetricSums(10.0, 100.0, 1)
+    assert rows[1].daily == MetricSums(12.5, 25.0 + 56.25, 2)
+    assert rows[-1].cumulative == result.metrics[(50.0, "treatment", "revenue")]
+    control = result.daily[(50.0, "control", "conversion")]
+    assert control[0].cumulative == MetricSums(1.0, 1.0, 1)
+    assert control[-1].cumulative == result.metrics[(50.0, "control", "conversion")]
 
 
 def test_units_are_stratified_by_the_traffic_at_their_first_exposure(logs: Path) -> None:
@@ -120,7 +137,7 @@ def test_units_are_stratified_by_the_traffic_at_their_first_exposure(logs: Path)
     assert result.arms == {"control": 1, "treatment": 2}
     assert result.metrics[(50.0, "treatment", "revenue")].total == 7.5
     assert result.segment_units[("city", "(none)", 50.0, "treatment")] == 1
-    assert [r.units for r in result.daily[(10.0, "treatment", "revenue")]] == [1, 1]
+    assert result.daily[(10.0, "treatment", "revenue")][-1].units == 1
 
 
 def test_empty_and_missing_log_directories(tmp_path: Path) -> None:

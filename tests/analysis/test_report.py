@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Optional
@@ -20,15 +21,21 @@ START = datetime(2026, 11, 20, tzinfo=timezone.utc)
 def article_aggregates(days: float = 14.0, stratum: float = 50.0) -> Aggregates:
     """The article's example: 520 of 10,000 control units converted, 580 of 10,000 treated."""
     sums = {"control": MetricSums(520.0, 520.0, 520), "treatment": MetricSums(580.0, 580.0, 580)}
-    day = date(2026, 11, 20)
+    # Every unit enrolled and converted on the first day; the run then lasted `days` days.
+    first = date(2026, 11, 20)
+
+    def rows(s: MetricSums) -> list[DayRow]:
+        return [
+            DayRow(first + timedelta(days=k), 10_000, s if k == 0 else MetricSums(), s)
+            for k in range(max(1, math.ceil(days)))
+        ]
+
     return Aggregates(
         units={(stratum, "control"): 10_000, (stratum, "treatment"): 10_000},
         metrics={(stratum, arm, "conversion"): s for arm, s in sums.items()},
         segment_units={},
         segment_metrics={},
-        daily={
-            (stratum, arm, "conversion"): [DayRow(day, 10_000, s, s)] for arm, s in sums.items()
-        },
+        daily={(stratum, arm, "conversion"): rows(s) for arm, s in sums.items()},
         binary_metrics=frozenset({"conversion"}),
         first_exposure=START,
         last_exposure=START + timedelta(days=days),

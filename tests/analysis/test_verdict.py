@@ -20,7 +20,8 @@ def evidence(change: dict[str, Any]) -> Evidence:
     for name in ("p_fixed", "p_always_valid"):
         if fields[name] is None:
             fields[name] = math.nan
-    fields["lift_ci"] = tuple(fields["lift_ci"])
+    for name in ("diff_ci", "lift_ci", "always_valid_ci"):
+        fields[name] = tuple(math.nan if v is None else v for v in fields[name])
     fields["guardrails_harmed"] = tuple(fields["guardrails_harmed"])
     return Evidence(**fields)
 
