@@ -6,11 +6,11 @@ log writer threads, the file watch) is opened in a `cleanup_ctx` generator and c
 
 With `guard=GuardSetup` (what `python -m router` runs) the SLO guard and ramp are wired in:
 the guard observes every backend call and decides the traffic in force, its background task
-(router.guard_runtime) checks, writes decisions and saves state, reloads go through it, shadow
+(router.guard.runtime) checks, writes decisions and saves state, reloads go through it, shadow
 answers are compared, and the admin API `POST /admin/experiments/{name}/{action}` is served.
 Without it (in-process tests of the request path) the registry's traffic is in force, and other
 hooks can be set in `app[OBSERVER]`, `app[TRAFFIC]`, `app[ON_RELOAD]` and `app[SHADOW_LISTENER]`
-after `create_app` and before the app starts (see router.hooks).
+after `create_app` and before the app starts (see router.proxy.seams).
 """
 
 from __future__ import annotations
@@ -24,13 +24,17 @@ from typing import Callable, Optional
 
 from aiohttp import web
 
-from router.admin import ROUTE as ADMIN_ROUTE
-from router.admin import AdminAuth, AdminEndpoint
-from router.config import RouterConfig
-from router.events import EventLogs
-from router.guard_runtime import GuardRuntime, GuardSetup
-from router.handler import ProxyHandler
-from router.hooks import (
+from router.api.admin import ROUTE as ADMIN_ROUTE
+from router.api.admin import AdminEndpoint
+from router.api.events import OutcomeEndpoint
+from router.api.openapi import OpenApiDocument
+from router.api.status import StatusViews, get_only
+from router.auth import AdminAuth
+from router.guard.runtime import GuardRuntime, GuardSetup
+from router.proxy.handler import ProxyHandler
+from router.proxy.live_registry import LiveRegistry
+from router.proxy.reload import ConfigReloader
+from router.proxy.seams import (
     ConfiguredTraffic,
     NullObserver,
     ReloadHook,
@@ -38,13 +42,10 @@ from router.hooks import (
     ShadowListener,
     TrafficPolicy,
 )
-from router.live import LiveRegistry
-from router.metrics import RouterMetrics
-from router.openapi import OpenApiDocument
-from router.outcomes import OutcomeEndpoint
-from router.proxy import Upstreams, make_pool
-from router.reload import ConfigReloader
-from router.views import StatusViews, get_only
+from router.proxy.upstreams import Upstreams, make_pool
+from router.records.jsonl import EventLogs
+from router.records.metrics import RouterMetrics
+from router.registry.schema import RouterConfig
 
 CleanupContext = Callable[[web.Application], AsyncIterator[None]]
 
@@ -61,7 +62,7 @@ SHADOW_LISTENER = web.AppKey[Optional[ShadowListener]]("shadow_listener")
 # The running SLO guard, None without one (create_app(..., guard=None)).
 GUARD = web.AppKey[Optional[GuardRuntime]]("guard")
 ADMIN_AUTH = web.AppKey("admin_auth", AdminAuth)
-# The request path, for servers that parse requests themselves (router.fastpath).
+# The request path, for servers that parse requests themselves (router.transport.http_server).
 PROXY = web.AppKey("proxy", ProxyHandler)
 
 

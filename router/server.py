@@ -17,10 +17,9 @@ from typing import Optional
 from aiohttp import web
 
 from router.app import LIVE, PROXY, create_app
-from router.config import RouterConfig
-from router.fastpath import FastPathSite
-from router.guard import rollout_problems
-from router.guard_runtime import GuardSetup
+from router.guard.runtime import GuardSetup
+from router.registry.schema import RouterConfig
+from router.transport.http_server import FastPathSite
 
 log = logging.getLogger("router")
 
@@ -35,9 +34,6 @@ async def serve(
     *,
     watch: bool = True,
 ) -> None:
-    for name, experiment in config.experiments.items():
-        for problem in rollout_problems(name, experiment):
-            log.warning("router: %s", problem)
     guard = await GuardSetup.load(config)
     app = create_app(config, config_path, watch=watch, guard=guard)
     # The exposure log is the access log: aiohttp's own would double the work per request.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates the assignment test vectors (assign_*.json) with coreutils sha256sum and bc,
-# independently of router/assign.py:  bucket = first 8 bytes of sha256("salt:unit") mod 10000.
+# independently of router/experiment/assign.py:  bucket = first 8 bytes of sha256("salt:unit") mod 10000.
 # usage: tests/data/assign_vectors.sh   (writes next to itself)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"

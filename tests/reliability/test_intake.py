@@ -11,9 +11,9 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestServer
 
-from router.events import JsonlWriter, single_file
-from router.intake import parse_json, pipeline_problem, request_id_of
-from router.units import BadUnit, checked_unit, unit_of
+from router.experiment.units import BadUnit, checked_unit, unit_of
+from router.proxy.intake import parse_json, pipeline_problem, request_id_of
+from router.records.jsonl import JsonlWriter, single_file
 from tests.router.fakes import FakePipeline, closed_port_url, start_fake, url_of
 from tests.router.harness import DEMO_BODY, build_app, exposures, metric, registry, unit_in
 
@@ -92,7 +92,7 @@ def test_checked_unit(unit: str, problem: Optional[str]) -> None:
 
 
 def test_unit_of_names_the_place() -> None:
-    from router.config import UnitIdSource
+    from router.registry.schema import UnitIdSource
 
     source = UnitIdSource()
     with pytest.raises(BadUnit, match="header X-User-Id: unit id longer"):

@@ -77,7 +77,7 @@ def schema_router(
 def test_the_published_document_is_the_file_plus_the_registry_routes(
     schema_router: RouterProcess,
 ) -> None:
-    base = yaml.safe_load((REPO_ROOT / "router" / "openapi.yaml").read_text())
+    base = yaml.safe_load((REPO_ROOT / "router" / "api" / "openapi.yaml").read_text())
     served = requests.get(f"{schema_router.url}/openapi.yaml", timeout=10)
     assert served.status_code == 200
     document = yaml.safe_load(served.text)

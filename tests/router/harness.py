@@ -13,8 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
 from router.app import EVENT_LOGS, LIVE, METRICS, PROXY, create_app
-from router.config import RouterConfig, parse_config
-from router.fastpath import FastPathSite
+from router.registry.loading import parse_config
+from router.registry.schema import RouterConfig
+from router.transport.http_server import FastPathSite
 from tests.router.data import merge_patch
 
 DEMO_BODY = {"key": ["x"], "value": ["[[1, 2, 3]]"]}
@@ -53,7 +54,7 @@ def build_app(raw: dict[str, Any], config_path: Optional[Path] = None) -> web.Ap
 
 def unit_in(arm: str, salt: str = "test-salt", traffic: float = 50, start: int = 0) -> str:
     """A unit id that the two-arm rule puts into `arm` at `traffic`."""
-    from router.assign import bucket
+    from router.experiment.assign import bucket
 
     for index in range(start, start + 100_000):
         unit = f"user-{index}"

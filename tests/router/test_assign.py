@@ -5,8 +5,9 @@ from typing import Any
 
 import pytest
 
-from router.assign import BUCKETS, bucket, compile_plan, compile_plans
-from router.config import ExperimentConfig
+from router.experiment.assign import bucket, compile_plan, compile_plans
+from router.registry.layers import BUCKETS
+from router.registry.schema import ExperimentConfig
 from tests.router.data import load_table
 
 BUCKET_VECTORS = load_table("assign_buckets.json")["vectors"]

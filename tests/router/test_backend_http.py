@@ -1,4 +1,4 @@
-"""The router's backend client (router.backend_http) against scripted servers on real sockets.
+"""The router's backend client (router.transport.backend_client) against scripted servers on real sockets.
 
 Each scripted server answers the n-th request it reads with the n-th reply of its script (raw
 bytes, so framing, closing and garbage are exact). Every test runs on asyncio's loop and on
@@ -14,8 +14,8 @@ from typing import Any, Callable, Optional, Union
 import pytest
 import uvloop
 
-from router import backend_http
-from router.backend_http import (
+from router.transport import backend_client as backend_http
+from router.transport.backend_client import (
     BackendHttpError,
     BackendHttpTimeout,
     ConnectionPool,

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from router.config import ConfigError, load_config, parse_config
+from router.registry.loading import ConfigError, load_config, parse_config
 from tests.router.data import load_table, merge_patch
 
 CASES = load_table("router_config_cases.json")

@@ -4,7 +4,7 @@ import json
 import time
 from pathlib import Path
 
-from router.events import JsonlWriter, daily_files, single_file
+from router.records.jsonl import JsonlWriter, daily_files, single_file
 
 
 def read_lines(path: Path) -> list[dict[str, object]]:

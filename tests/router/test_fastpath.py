@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestServer
 
-from router import fastpath
+from router.transport import http_server as fastpath
 from tests.router.fakes import FakePipeline, start_fake, url_of
 from tests.router.harness import DEMO_BODY, FastPathTestServer, build_app, exposures, registry
 from tests.support import eventually

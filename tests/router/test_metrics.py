@@ -1,4 +1,4 @@
-"""The request-path tallies (router.metrics) export exactly what prometheus_client's own
+"""The request-path tallies (router.records.metrics) export exactly what prometheus_client's own
 Counter and Histogram export for the same observations."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import random
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.samples import Sample
 
-from router.metrics import LATENCY_BUCKETS, Tally, TallyHistogram
+from router.records.metrics import LATENCY_BUCKETS, Tally, TallyHistogram
 
 
 def _samples(registry: CollectorRegistry) -> list[Sample]:

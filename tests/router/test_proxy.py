@@ -13,7 +13,7 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
 from router.app import EVENT_LOGS, OBSERVER, SHADOW_LISTENER
-from router.checks import EXPOSURE_FIELDS
+from router.registry.rules import EXPOSURE_FIELDS
 from tests.router.fakes import FakePipeline, closed_port_url, start_fake, url_of
 from tests.router.harness import (
     DEMO_BODY,
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.asyncio
 @pytest.fixture(params=["aiohttp", "fastpath"])
 def aiohttp_client(request: pytest.FixtureRequest, aiohttp_client: Any) -> Any:
     """Every test here runs twice: through aiohttp's server, and through the router's fast path
-    (router.fastpath) as `python -m router` serves."""
+    (router.transport.http_server) as `python -m router` serves."""
     if request.param == "aiohttp":
         return aiohttp_client
 

@@ -14,7 +14,8 @@ import yaml
 from aiohttp.test_utils import TestClient
 
 from router.app import ON_RELOAD, create_app
-from router.config import RouterConfig, load_config
+from router.registry.loading import load_config
+from router.registry.schema import RouterConfig
 from tests.router.data import merge_patch
 from tests.router.fakes import FakePipeline, start_fake, url_of
 from tests.router.harness import DEMO_BODY, decisions, metric, registry, unit_in
@@ -129,6 +130,14 @@ async def test_invalid_edit_keeps_the_old_registry_serving(setup: Setup) -> None
     setup.write({"experiments": {"sentiment": {"traffic": 20}}})
     await setup.wait_for(traffic_is(20))
     assert metric(app, "router_config_last_reload_success") == 1
+
+
+async def test_a_ramp_without_an_slo_is_refused_as_in_check(setup: Setup) -> None:
+    setup.write({"experiments": {"sentiment": {"ramp": {"steps": [60, 100], "every": "1m"}}}})
+    await setup.wait_for(reload_failed)
+    error = (await setup.state())["config"]["last_reload"]["error"]
+    assert "experiments.sentiment.slo: required with a ramp" in error
+    assert (await setup.state())["experiments"]["sentiment"]["traffic"] == 50
 
 
 async def test_salt_change_needs_a_new_revision(setup: Setup) -> None:

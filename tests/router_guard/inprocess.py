@@ -14,8 +14,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from router.app import create_app
-from router.config import load_config
-from router.guard_runtime import GuardSetup
+from router.guard.runtime import GuardSetup
+from router.registry.loading import load_config
 from tests.router.data import merge_patch
 from tests.router.fakes import FakePipeline
 from tests.router.harness import DEMO_BODY, registry

@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 
 import aiohttp
 
-from router.assign import bucket
+from router.experiment.assign import bucket
 from tests.router.data import merge_patch
 from tests.router.router_process import RouterProcess, start_router
 from tests.router_guard.inprocess import read_jsonl, write_yaml

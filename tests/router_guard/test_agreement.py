@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import pytest
 
-from router.agreement import same_top_class, top_classes
+from router.guard.agreement import same_top_class, top_classes
 
 
 def answer(value: Any) -> dict[str, Any]:

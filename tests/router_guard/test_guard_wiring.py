@@ -13,10 +13,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
-import router.handler
-from router.config import parse_config
-from router.events import JsonlWriter, single_file
-from router.guard_runtime import GuardRuntime, GuardSetup
+import router.proxy.handler
+from router.guard.runtime import GuardRuntime, GuardSetup
+from router.records.jsonl import JsonlWriter, single_file
+from router.registry.loading import parse_config
 from tests.router.fakes import url_of
 from tests.router.harness import metric, unit_in
 from tests.router_guard.conftest import Fakes
@@ -201,7 +201,7 @@ async def test_shadow_answers_are_compared_and_counted(
 async def test_copies_dropped_when_saturated_are_counted(
     aiohttp_client: Any, tmp_path: Path, fakes: Fakes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(router.handler, "MAX_SHADOW_IN_FLIGHT", 1)
+    monkeypatch.setattr(router.proxy.handler, "MAX_SHADOW_IN_FLIGHT", 1)
     patch = {"experiments": {"sentiment": {"mode": "shadow", "traffic": 100}}}
     guarded = await start_guarded(
         aiohttp_client, tmp_path, guarded_registry(tmp_path, *urls(fakes), patch)

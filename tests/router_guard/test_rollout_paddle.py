@@ -17,8 +17,8 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from router.agreement import same_top_class
-from router.assign import bucket
+from router.experiment.assign import bucket
+from router.guard.agreement import same_top_class
 from tests.conftest import Backend, BackendFactory
 from tests.router_guard.real import (
     AUTH,

@@ -1,6 +1,6 @@
 """A closed loop of simulated users, the real assignment and the Guard, on a simulated clock.
 
-Users are assigned with router.assign at the traffic the guard says is in force; each call's
+Users are assigned with router.experiment.assign at the traffic the guard says is in force; each call's
 latency and outcome come from the arm's behaviour at that moment; a failed treatment call falls
 back to control, observed for both arms, as the router's request path does.
 """
@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from router.assign import compile_plan
-from router.config import RouterConfig, parse_config
-from router.guard import Guard
-from router.rollout import Decision
+from router.experiment.assign import compile_plan
+from router.guard.engine import Guard
+from router.guard.rollout import Decision
+from router.registry.loading import parse_config
+from router.registry.schema import RouterConfig
 
 # (latency_s, ok) of one call to an arm at time t
 Behaviour = Callable[[float, random.Random], tuple[float, bool]]

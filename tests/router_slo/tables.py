@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from router.rollout import Policy, RampPlan
-from router.slo import CheckResult, SloThresholds, WindowStats
+from router.guard.rollout import Policy, RampPlan
+from router.guard.slo import CheckResult, SloThresholds, WindowStats
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 

@@ -1,5 +1,5 @@
-"""The Guard on a simulated clock: real registries (router.config), real assignment
-(router.assign), simulated backends."""
+"""The Guard on a simulated clock: real registries (router.registry.schema), real assignment
+(router.experiment.assign), simulated backends."""
 
 from __future__ import annotations
 
@@ -9,17 +9,11 @@ from typing import Any
 
 import pytest
 
-from router.guard import (
-    ActionRefused,
-    Guard,
-    UnknownExperiment,
-    admin_token,
-    bearer_token_ok,
-    rollout_problems,
-)
-from router.hooks import RequestObserver, TrafficPolicy
-from router.rollout import Decision
-from router.state import StateStore
+from router.auth import admin_token, bearer_token_ok
+from router.guard.engine import ActionRefused, Guard, UnknownExperiment
+from router.guard.rollout import Decision
+from router.guard.state import StateStore
+from router.proxy.seams import RequestObserver, TrafficPolicy
 from tests.router_slo.simulation import (
     Simulation,
     failing_after,
@@ -355,16 +349,6 @@ def test_describe_and_snapshot_are_json_for_get_experiments() -> None:
     assert slo["variants"]["treatment"]["measured"]["samples"] == 300
     assert entry["last_decision"]["check"] == "pass"
     assert guard.describe("nope") == {}
-
-
-def test_a_ramp_without_an_slo_is_a_registry_problem() -> None:
-    config = registry(
-        {"control": "v1", "treatment": "v2", "traffic": 10, "ramp": {"steps": [10], "every": "1m"}}
-    )
-    assert rollout_problems("sentiment", config.experiments["sentiment"]) == [
-        "experiments.sentiment.ramp: needs an slo section (the ramp advances on passing checks)"
-    ]
-    assert rollout_problems("sentiment", registry(TWO_ARMS).experiments["sentiment"]) == []
 
 
 @pytest.mark.parametrize(

@@ -15,9 +15,9 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from router.guard import Guard
-from router.metrics import RouterMetrics
-from router.slo_metrics import SloMetrics
+from router.guard.engine import Guard
+from router.guard.metrics import SloMetrics
+from router.records.metrics import RouterMetrics
 from tests.router_slo.simulation import registry
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -48,7 +48,10 @@ CONTRACT = {
 }
 HISTOGRAMS = {"router_request_duration_seconds", "router_backend_duration_seconds"}
 # Registered at app start by the aiohttp parts (scrape-time gauges), not by a metrics class.
-REGISTERED_BY_THE_APP = {"router_traffic_percent": "app.py", "router_endpoint_up": "proxy.py"}
+REGISTERED_BY_THE_APP = {
+    "router_traffic_percent": "app.py",
+    "router_endpoint_up": "proxy/upstreams.py",
+}
 
 
 def series_names(family: str) -> set[str]:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from router.rollout import (
+from router.guard.rollout import (
     ActionRefused,
     Decision,
     RolloutState,

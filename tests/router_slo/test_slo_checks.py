@@ -6,13 +6,7 @@ from typing import Any
 
 import pytest
 
-from router.slo import (
-    CheckResult,
-    SloThresholds,
-    WindowStats,
-    evaluate,
-    worst,
-)
+from router.guard.slo import CheckResult, SloThresholds, WindowStats, evaluate, worst
 from tests.router_slo.tables import case_id, load_cases, stats_from, thresholds_from
 
 CASES = load_cases("slo_checks.json")
@@ -38,7 +32,7 @@ def test_the_table_covers_every_verdict() -> None:
 
 
 class _Slo:
-    """A config object with the attributes of router.config.SloConfig (duck-typed)."""
+    """A config object with the attributes of router.registry.schema.SloConfig (duck-typed)."""
 
     min_samples = 50
     p99_ms = 250.0

@@ -7,8 +7,8 @@ from typing import Optional
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from router.guard import Guard
-from router.slo_metrics import SloMetrics
+from router.guard.engine import Guard
+from router.guard.metrics import SloMetrics
 from tests.router_slo.simulation import registry
 
 T0 = 1_800_000_000.0

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from router.rollout import RolloutState
-from router.state import StateStore, state_from_json, state_to_json
+from router.guard.rollout import RolloutState
+from router.guard.state import StateStore, state_from_json, state_to_json
 
 STATE = RolloutState(
     revision=3,
@@ -71,7 +71,7 @@ def test_save_all_reports_what_it_could_not_write(
 ) -> None:
     blocked = tmp_path / "state"
     blocked.write_text("a file where the directory should be")
-    with caplog.at_level(logging.ERROR, logger="router.state"):
+    with caplog.at_level(logging.ERROR, logger="router.guard.state"):
         assert StateStore(blocked).save_all({"sentiment": STATE}) == ["sentiment"]
     assert "cannot save rollout state of sentiment" in caplog.text
 
@@ -133,7 +133,7 @@ def test_an_unreadable_file_is_reported_logged_and_set_aside(
     else:
         path.write_text(content)
     store = StateStore(tmp_path)
-    with caplog.at_level(logging.ERROR, logger="router.state"):
+    with caplog.at_level(logging.ERROR, logger="router.guard.state"):
         loaded = store.load_all(["sentiment"])
     assert loaded.states == {}
     assert problem in loaded.unreadable["sentiment"]

@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from router.slo import (
+from router.guard.slo import (
     GROWTH,
     LATENCY_FLOOR_S,
     MAX_BIN,

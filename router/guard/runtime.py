@@ -1,16 +1,16 @@
 """The SLO guard inside the running router: its checks, decision records and saved state.
 
-`router.guard.Guard` is pure logic (no clock loop, files or aiohttp). `GuardRuntime` runs it:
+`router.guard.engine.Guard` is pure logic (no clock loop, files or aiohttp). `GuardRuntime` runs it:
 
 - a background task calls `guard.tick()` whenever a check is due (and at least every second),
   writes each decision to decisions.jsonl, counts it in `router_decisions_total`, and saves the
   states that changed, in the executor;
 - `act` (the admin API) takes an operator action, writes and flushes its decision and saves the
   state before returning, so an answered rollback survives an immediate restart;
-- `on_reload` (the `router.hooks.ReloadHook`) puts a reloaded registry into the guard and
+- `on_reload` (the `router.proxy.seams.ReloadHook`) puts a reloaded registry into the guard and
   returns the guard's decision records; the task then saves the changed states;
-- as the `router.hooks.ShadowListener` it counts shadow copies and compares the candidate's
-  answer with control's (router.agreement).
+- as the `router.proxy.seams.ShadowListener` it counts shadow copies and compares the candidate's
+  answer with control's (router.guard.agreement).
 
 Every save takes the dirty states and writes them under one asyncio.Lock, so an older state
 never lands after a newer one. `stop()` ends the task and runs a last round (due checks,
@@ -28,20 +28,26 @@ from typing import Any, Optional
 
 from prometheus_client import CollectorRegistry
 
-from router.admin import ActionResult
-from router.agreement import same_top_class
-from router.config import RouterConfig
-from router.events import JsonlWriter
-from router.guard import Guard
-from router.hooks import DecisionRecord
-from router.rollout import Decision, OperatorAction
-from router.slo_metrics import SloMetrics
-from router.state import StateStore
+from router.guard.agreement import same_top_class
+from router.guard.engine import Guard
+from router.guard.metrics import SloMetrics
+from router.guard.rollout import Decision, OperatorAction
+from router.guard.state import StateStore
+from router.proxy.seams import DecisionRecord
+from router.records.jsonl import JsonlWriter
+from router.registry.schema import RouterConfig
 
 log = logging.getLogger(__name__)
 
 # The task wakes at least this often, so a check is never more than this late.
 MAX_SLEEP_S = 1.0
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    decision: Decision
+    experiment: dict[str, Any]  # the experiment's live state after the action
+    saved: bool  # the state reached the disk before the answer
 
 
 @dataclass(frozen=True)
@@ -121,7 +127,7 @@ class GuardRuntime:
     async def act(
         self, experiment: str, action: OperatorAction, note: Optional[str]
     ) -> ActionResult:
-        """An operator action; raises UnknownExperiment or ActionRefused (router.guard)."""
+        """An operator action; raises UnknownExperiment or ActionRefused (router.guard.engine)."""
         decision = self.guard.act(experiment, action, note=note)
         self._record([decision])
         loop = asyncio.get_running_loop()
@@ -140,7 +146,7 @@ class GuardRuntime:
             **self.guard.describe(experiment),
         }
 
-    # --- reloads (router.hooks.ReloadHook) -----------------------------------------------------
+    # --- reloads (router.proxy.seams.ReloadHook) -----------------------------------------------------
 
     def on_reload(self, old: RouterConfig, new: RouterConfig) -> list[DecisionRecord]:
         """The guard's decisions for a reloaded registry; the task saves the changed states."""
@@ -150,7 +156,7 @@ class GuardRuntime:
             self._wake.set()
         return [decision.to_record() for decision in decisions]
 
-    # --- shadow copies (router.hooks.ShadowListener) -------------------------------------------
+    # --- shadow copies (router.proxy.seams.ShadowListener) -------------------------------------------
 
     def shadow_answered(
         self,

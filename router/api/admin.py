@@ -3,9 +3,9 @@
 - The admin token is the value of the environment variable named by `router.admin_token_env`,
   read once at startup. Without one, admin is disabled: every call is a 403 `admin_disabled`
   (nobody can be authorized, and the answer says how to enable it).
-- Every call needs `Authorization: Bearer <token>`: none or a wrong one is a 401
+- Every call needs `Authorization: Bearer <token>` (router.auth): none or a wrong one is a 401
   `unauthorized` with `WWW-Authenticate: Bearer`. The same check authorizes the QA header
-  `X-Variant-Override` on the request path (router.handler).
+  `X-Variant-Override` on the request path (router.proxy.handler).
 - `action` is pause, resume, rollback or promote; the optional body is `{"reason": "..."}`,
   added to the decision's reason. The action is taken, its decision record written and flushed,
   and the state saved before the answer: 200 `{"decision", "experiment", "saved"}`. An unknown
@@ -15,47 +15,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Optional, Protocol
+from typing import Optional, Protocol
 
 from aiohttp import web
 
-from router.guard import UnknownExperiment, admin_token, bearer_token_ok
-from router.intake import BODY_ERRORS, parse_json
-from router.metrics import RouterMetrics
+from router.auth import AdminAuth
+from router.guard.engine import UnknownExperiment
+from router.guard.rollout import OPERATOR_ACTIONS, ActionRefused, OperatorAction
+from router.guard.runtime import ActionResult
+from router.proxy.intake import BODY_ERRORS, parse_json
+from router.records.metrics import RouterMetrics
 from router.responses import error_response, json_response, method_not_allowed
-from router.rollout import OPERATOR_ACTIONS, ActionRefused, Decision, OperatorAction
 
 ROUTE = "/admin/experiments/{name}/{action}"
 ACTIONS: dict[str, OperatorAction] = {action: action for action in OPERATOR_ACTIONS}
 MAX_REASON_CHARS = 1000
-
-
-class AdminAuth:
-    """Whether an `Authorization` header carries the admin token (none configured: nobody)."""
-
-    def __init__(self, token: Optional[str], variable: str) -> None:
-        self._token = token
-        self.variable = variable
-
-    @classmethod
-    def from_environ(cls, environ: Mapping[str, str], variable: str) -> AdminAuth:
-        return cls(admin_token(environ, variable), variable)
-
-    @property
-    def enabled(self) -> bool:
-        return self._token is not None
-
-    def allows(self, authorization: Optional[str]) -> bool:
-        return bearer_token_ok(authorization, self._token)
-
-
-@dataclass(frozen=True)
-class ActionResult:
-    decision: Decision
-    experiment: dict[str, Any]  # the experiment's live state after the action
-    saved: bool  # the state reached the disk before the answer
 
 
 class Operator(Protocol):

@@ -1,7 +1,7 @@
 """The request path: assign, forward unchanged, fall back, answer, log the exposure, count.
 
 `ProxyHandler.start` takes a ProxyRequest and hands its ProxyAnswer to a callback, whichever
-HTTP server parsed the request: the fast path (router.fastpath) for POSTs to experiment routes,
+HTTP server parsed the request: the fast path (router.transport.http_server) for POSTs to experiment routes,
 aiohttp (`ProxyHandler.handle`, through `forward`) for the rest and in in-process tests.
 
 The usual request runs as callbacks, with no Task, future or coroutine: the backend call goes
@@ -43,23 +43,31 @@ from typing import Any, Callable, NamedTuple, Optional, Union
 
 from aiohttp import web
 
-from router.admin import AdminAuth
-from router.assign import Arm, Assignment, ExperimentPlan
-from router.backend_http import BackendHttpError, HttpReply, StaleConnection
-from router.events import EventLogs, utc_iso
-from router.hooks import (
+from router.auth import AdminAuth
+from router.experiment.assign import Arm, Assignment, ExperimentPlan
+from router.experiment.units import BadUnit, logged_unit, unit_of
+from router.proxy.intake import BODY_ERRORS, parse_json, pipeline_problem, request_id_of
+from router.proxy.live_registry import LiveRegistry, Snapshot
+from router.proxy.seams import (
     ConfiguredTraffic,
     NullObserver,
     RequestObserver,
     ShadowListener,
     TrafficPolicy,
 )
-from router.intake import BODY_ERRORS, parse_json, pipeline_problem, request_id_of
-from router.live import LiveRegistry, Snapshot
-from router.metrics import RouterMetrics
-from router.proxy import Attempt, BackendFailure, BackendReply, EndpointState, Resume, Upstreams
+from router.proxy.upstreams import (
+    Attempt,
+    BackendFailure,
+    BackendReply,
+    EndpointState,
+    Resume,
+    Upstreams,
+)
+from router.records.jsonl import EventLogs
+from router.records.metrics import RouterMetrics
+from router.records.timestamps import utc_iso
 from router.responses import JSON, error_body
-from router.units import BadUnit, logged_unit, unit_of
+from router.transport.backend_client import BackendHttpError, HttpReply, StaleConnection
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +205,7 @@ class ProxyHandler:
         traffic: TrafficPolicy,
         shadow_listener: Optional[ShadowListener] = None,
     ) -> None:
-        """The hooks in force, fixed when the app starts (router.hooks)."""
+        """The hooks in force, fixed when the app starts (router.proxy.seams)."""
         self._observer = observer
         self._traffic = traffic
         self._shadow_listener = shadow_listener

@@ -8,9 +8,9 @@ from typing import Any, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from router.hooks import TrafficPolicy
-from router.live import LiveRegistry, Snapshot
-from router.metrics import RouterMetrics
+from router.proxy.live_registry import LiveRegistry, Snapshot
+from router.proxy.seams import TrafficPolicy
+from router.records.metrics import RouterMetrics
 from router.responses import error_response, json_response, method_not_allowed
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

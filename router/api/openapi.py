@@ -1,4 +1,4 @@
-"""`GET /openapi.yaml` and `/openapi.json`: the router's OpenAPI document (router/openapi.yaml)
+"""`GET /openapi.yaml` and `/openapi.json`: the router's OpenAPI document (router/api/openapi.yaml)
 with one path per experiment route of the registry in force."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from router.config import RouterConfig
-from router.live import LiveRegistry
+from router.proxy.live_registry import LiveRegistry
+from router.registry.schema import RouterConfig
 
 DOCUMENT = Path(__file__).with_name("openapi.yaml")
 TEMPLATE_KEY = "x-experiment-route"

@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Optional
 
-from router.config import UnitIdSource
+from router.registry.schema import UnitIdSource
 
 # The same bound as `unit_id` of an outcome event: a longer id could never be joined.
 MAX_UNIT_CHARS = 256

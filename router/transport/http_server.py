@@ -32,8 +32,8 @@ import httptools
 from aiohttp import web
 from aiohttp.helpers import rfc822_formatted_time  # the Date aiohttp's server sends
 
-from router.handler import ProxyAnswer, ProxyHandler, ProxyRequest
-from router.live import LiveRegistry
+from router.proxy.handler import ProxyAnswer, ProxyHandler, ProxyRequest
+from router.proxy.live_registry import LiveRegistry
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, Protocol
 
-from router.config import RouterConfig
+from router.registry.schema import RouterConfig
 
 DecisionRecord = dict[str, Any]
 ReloadHook = Callable[[RouterConfig, RouterConfig], list[DecisionRecord]]

@@ -1,46 +1,32 @@
-"""The registry: `experiments.yaml` as typed, frozen, validated configuration.
+"""The registry's schema: `experiments.yaml` as typed, frozen models, field by field.
 
-`load_config(path)` is the one entry point. It reports every problem it can find in one
-`ConfigError`, each with its dotted place (`experiments.sentiment.traffic: must be between 0 and
-100`). Nothing is ever repaired silently: weights are not normalized, numbers are not clamped.
+One schema for every reader of the file: the router, the analysis (its `analysis` block) and
+`python -m serving` (the backends' models) all load it through `router.registry.loading`, so a
+file valid for one is valid for all. Rules across fields and sections live in
+`router.registry.rules`. Nothing is ever repaired silently: weights are not normalized, numbers
+are not clamped.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from router.checks import registry_problems
-from router.durations import parse_duration
-from router.problems import describe_errors
+from router.registry.durations import parse_duration
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-TOP_LEVEL_KEYS = ("router", "backends", "experiments")
-
-
-class ConfigError(Exception):
-    """A registry that cannot be used; `problems` lists each one as `place: message`."""
-
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
-        self.problems = problems
-        count = f"{len(problems)} problem" + ("s" if len(problems) != 1 else "")
-        super().__init__(f"{source}: {count}\n" + "\n".join(f"  {p}" for p in problems))
 
 
 # --- field types -----------------------------------------------------------------------------
@@ -61,7 +47,7 @@ def _reject_bool(value: Any) -> Any:
     return value
 
 
-def _check_name(value: str) -> str:
+def check_name(value: str) -> str:
     if not NAME_PATTERN.match(value):
         raise ValueError("must be 1-63 letters, digits, '_', '.' or '-', starting alphanumeric")
     return value
@@ -87,7 +73,7 @@ def _check_device(value: str) -> str:
 
 
 Percent = Annotated[float, BeforeValidator(_reject_bool), AfterValidator(_check_percent)]
-Name = Annotated[str, AfterValidator(_check_name)]
+Name = Annotated[str, AfterValidator(check_name)]
 UrlPath = Annotated[str, AfterValidator(_check_path)]
 Endpoint = Annotated[str, AfterValidator(_check_endpoint)]
 # A duration such as `30s`, `10m`, `1h`, `250ms` or a number of seconds; stored as float seconds.
@@ -97,7 +83,7 @@ NonNegativeInt = Annotated[int, BeforeValidator(_reject_bool), Field(ge=0)]
 Probability = Annotated[float, BeforeValidator(_reject_bool), Field(gt=0, lt=1)]
 
 
-class _Frozen(BaseModel):
+class Frozen(BaseModel):
     model_config = ConfigDict(
         frozen=True, extra="forbid", populate_by_name=True, coerce_numbers_to_str=True
     )
@@ -106,14 +92,14 @@ class _Frozen(BaseModel):
 # --- router section --------------------------------------------------------------------------
 
 
-class UnitIdSource(_Frozen):
+class UnitIdSource(Frozen):
     """Where the randomization unit comes from: a header first, then a top-level JSON field."""
 
     header: Optional[str] = "X-User-Id"
     json_field: Optional[str] = "user_id"
 
 
-class RouterSettings(_Frozen):
+class RouterSettings(Frozen):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     unit_id: UnitIdSource = UnitIdSource()
@@ -131,7 +117,7 @@ class RouterSettings(_Frozen):
 # --- backends --------------------------------------------------------------------------------
 
 
-class BackendConfig(_Frozen):
+class BackendConfig(Frozen):
     endpoints: Annotated[tuple[Endpoint, ...], Field(min_length=1)]
     version: str
     model: Optional[str] = None
@@ -155,13 +141,13 @@ class BackendConfig(_Frozen):
 # --- experiments -----------------------------------------------------------------------------
 
 
-class Variant(_Frozen):
+class Variant(Frozen):
     name: Name
     backend: Name
     weight: Percent
 
 
-class RampConfig(_Frozen):
+class RampConfig(Frozen):
     steps: Annotated[tuple[Percent, ...], Field(min_length=1)]
     every_s: Duration = Field(alias="every")
     min_samples: NonNegativeInt = 0
@@ -174,7 +160,7 @@ class RampConfig(_Frozen):
         return steps
 
 
-class SloConfig(_Frozen):
+class SloConfig(Frozen):
     interval_s: Duration = Field(30.0, alias="interval")
     window_s: Duration = Field(60.0, alias="window")
     min_samples: NonNegativeInt = 200
@@ -195,25 +181,43 @@ class SloConfig(_Frozen):
         return self
 
 
-class MetricSpec(_Frozen):
+MetricType = Literal["proportion", "mean"]
+Direction = Literal["increase", "decrease"]
+PositiveFloat = Annotated[float, BeforeValidator(_reject_bool), Field(gt=0)]
+
+
+class MetricSpec(Frozen):
     metric: Name
-    type: Literal["proportion", "mean"]
-    direction: Optional[Literal["increase", "decrease"]] = None
-    mde: Optional[Annotated[float, BeforeValidator(_reject_bool), Field(gt=0)]] = None
+    type: MetricType
+    direction: Optional[Direction] = None
+    mde: Optional[PositiveFloat] = None
     relative: bool = False
+    # Expected control mean (rate for proportions), for the planned sample size. Without it
+    # the observed control mean stands in, and the report says so.
+    baseline: Optional[PositiveFloat] = None
 
 
-class AnalysisPlan(_Frozen):
-    registered_at: date
+class AnalysisPlan(Frozen):
+    """The pre-registration the analysis judges a run by (docs/analysis.md)."""
+
+    registered_at: Optional[date] = None  # undated plans are reported as such
     primary: MetricSpec
     secondary: tuple[MetricSpec, ...] = ()
     guardrails: tuple[MetricSpec, ...] = ()
     alpha: Probability = 0.05
     power: Probability = 0.8
-    min_days: PositiveInt = 7
+    min_days: NonNegativeInt = 7
+
+    @model_validator(mode="after")
+    def _metrics_named_once(self) -> AnalysisPlan:
+        names = [m.metric for m in (self.primary, *self.secondary, *self.guardrails)]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"metric listed twice: {', '.join(repeated)}")
+        return self
 
 
-class ExperimentConfig(_Frozen):
+class ExperimentConfig(Frozen):
     route: UrlPath
     salt: Annotated[str, Field(min_length=1)]
     revision: PositiveInt = 1
@@ -253,137 +257,7 @@ class ExperimentConfig(_Frozen):
         return self.traffic or 0.0
 
 
-class RouterConfig(_Frozen):
+class RouterConfig(Frozen):
     router: RouterSettings = RouterSettings()
     backends: dict[Name, BackendConfig] = {}
     experiments: dict[Name, ExperimentConfig] = {}
-
-    @model_validator(mode="after")
-    def _consistent(self) -> RouterConfig:
-        problems = registry_problems(self.router, set(self.backends), self.experiments)
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
-
-# --- loading ---------------------------------------------------------------------------------
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML keeps the last of two equal keys; a registry with two `sentiment:` is an error."""
-
-
-def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
-        if key in seen:
-            mark = key_node.start_mark
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key '{key}' (line {mark.line + 1})", mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def load_config(path: Path) -> RouterConfig:
-    """Read and validate a registry; relative log_dir/state_dir are taken from the file's folder."""
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(source, [f"cannot read: {exc}"]) from exc
-    try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(source, [f"{where}invalid YAML: {problem}"]) from exc
-    return parse_config(raw, source=source, base_dir=Path(path).resolve().parent)
-
-
-def parse_config(
-    raw: Any, *, source: str = "config", base_dir: Optional[Path] = None
-) -> RouterConfig:
-    """Validate a parsed registry; raises ConfigError listing every problem found."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError(source, [f"(top level): must be a mapping, got {type(raw).__name__}"])
-    problems = [f"{key}: unknown key" for key in raw if key not in TOP_LEVEL_KEYS]
-    # Places whose own value was invalid: cross-section checks stay silent about them.
-    invalid: list[str] = []
-
-    router = _validate(RouterSettings, raw.get("router"), "router", problems, invalid)
-    backends = _validate_section(BackendConfig, raw.get("backends"), "backends", problems, invalid)
-    experiments = _validate_section(
-        ExperimentConfig, raw.get("experiments"), "experiments", problems, invalid
-    )
-    problems += [
-        problem
-        for problem in registry_problems(router, set(backends), experiments)
-        if not any(problem.startswith(place) and problem[len(place)] in ".:[" for place in invalid)
-    ]
-    if problems:
-        raise ConfigError(source, problems)
-
-    assert router is not None
-    if base_dir is not None:
-        router = router.model_copy(
-            update={
-                "log_dir": base_dir / router.log_dir,
-                "state_dir": base_dir / router.state_dir,
-            }
-        )
-    return RouterConfig.model_validate(
-        {"router": router, "backends": backends, "experiments": experiments}
-    )
-
-
-def _validate_section(
-    model: type[_Frozen], section: Any, place: str, problems: list[str], invalid: list[str]
-) -> dict[str, Any]:
-    if section is None:
-        return {}
-    if not isinstance(section, Mapping):
-        problems.append(f"{place}: must be a mapping of name -> settings")
-        return {}
-    validated: dict[str, Any] = {}
-    for name, body in section.items():
-        try:
-            _check_name(str(name))
-        except ValueError as exc:
-            problems.append(f"{place}.{name}: name {exc}")
-        validated[str(name)] = _validate(model, body, f"{place}.{name}", problems, invalid)
-    return validated
-
-
-def _validate(
-    model: type[_Frozen], body: Any, place: str, problems: list[str], invalid: list[str]
-) -> Any:
-    """The validated model; if some fields are invalid, a model without them (for cross checks).
-
-    The fields left out are added to `invalid`, so that the cross checks do not report them a
-    second time (`traffic: required` after `traffic: must be between 0 and 100`).
-    """
-    if body is None:
-        body = {}
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        problems.extend(describe_errors(place, exc))
-        errors = exc.errors()
-    if not isinstance(body, Mapping):
-        invalid.append(place)
-        return None
-    bad_fields = {str(e["loc"][0]) for e in errors if e["loc"]}
-    invalid.extend(f"{place}.{field}" for field in bad_fields)
-    try:
-        return model.model_validate({k: v for k, v in body.items() if k not in bad_fields})
-    except ValidationError:
-        invalid.append(place)
-        return None

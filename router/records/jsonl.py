@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from router.records.timestamps import utc_now_iso
+
 log = logging.getLogger(__name__)
 
 Record = dict[str, Any]
@@ -28,36 +30,6 @@ PathFor = Callable[[Record], Path]
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}")
 # One encoder: `json.dumps` with options builds a new one per record.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
-
-
-class _UtcClock:
-    """ISO 8601 UTC timestamps with milliseconds, formatting the date part once a second.
-
-    One is formatted per request; datetime.isoformat() was a visible share of that work.
-    The cache is one tuple, replaced whole: the log writer thread formats timestamps too.
-    """
-
-    def __init__(self) -> None:
-        self._cached = (-1, "")  # (second, its date and time)
-
-    def iso(self, ts: float) -> str:
-        """`ts` (a time.time()) in ISO 8601 UTC with milliseconds."""
-        second = int(ts)
-        cached = self._cached
-        if cached[0] != second:
-            cached = self._cached = (
-                second,
-                time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)),
-            )
-        return f"{cached[1]}.{int((ts - second) * 1000):03d}Z"
-
-    def now_iso(self) -> str:
-        return self.iso(time.time())
-
-
-_CLOCK = _UtcClock()
-utc_iso = _CLOCK.iso
-utc_now_iso = _CLOCK.now_iso
 
 
 def daily_files(directory: Path, prefix: str) -> PathFor:

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, get_args
 
-from router.rollout import STATUSES, RolloutState
-from router.slo import Check
+from router.guard.rollout import STATUSES, RolloutState
+from router.guard.slo import Check
 
 log = logging.getLogger(__name__)
 

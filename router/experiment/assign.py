@@ -1,6 +1,6 @@
 """Deterministic assignment of units to arms (pure: no I/O, no aiohttp).
 
-The contract (SPEC.md, "Assignment"):
+The rules (docs/router.md, "Assignment"):
 
 - bucket = first 8 bytes of sha256(f"{salt}:{unit}"), big-endian, mod 10,000.
 - Two arms: treatment iff bucket < traffic * 100, so raising traffic only adds units.
@@ -21,23 +21,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
-from router.config import ExperimentConfig
+from router.registry.layers import BUCKETS, layer_slices, percent_to_buckets
+from router.registry.schema import ExperimentConfig
 
 try:  # CPython's own sha256: a fraction of the cost per call of OpenSSL's, behind hashlib
     from _sha256 import sha256  # type: ignore[import-not-found]
 except ImportError:  # Python 3.12 renamed the module; hashlib's gives the same digest
     from hashlib import sha256
 
-BUCKETS = 10_000
-
 
 def bucket(salt: str, unit: str) -> int:
     digest = sha256(f"{salt}:{unit}".encode()).digest()
     return int.from_bytes(digest[:8], "big") % BUCKETS
-
-
-def percent_to_buckets(percent: float) -> int:
-    return round(percent * 100)
 
 
 @dataclass(frozen=True)
@@ -114,30 +109,6 @@ def compile_plan(
         layer=experiment.layer,
         layer_slice=layer_slice,
     )
-
-
-def layer_slices(experiments: Mapping[str, ExperimentConfig]) -> dict[str, tuple[int, int]]:
-    """[start, end) layer buckets of each experiment that has a layer.
-
-    Explicit `layer_range`s are used as given; otherwise the experiments of a layer split it
-    into equal consecutive slices in the order they appear in the file.
-    """
-    members: dict[str, list[str]] = {}
-    for name, experiment in experiments.items():
-        if experiment.layer is not None:
-            members.setdefault(experiment.layer, []).append(name)
-    slices: dict[str, tuple[int, int]] = {}
-    for names in members.values():
-        for index, name in enumerate(names):
-            explicit = experiments[name].layer_range
-            if explicit is not None:
-                slices[name] = (percent_to_buckets(explicit[0]), percent_to_buckets(explicit[1]))
-            else:
-                slices[name] = (
-                    BUCKETS * index // len(names),
-                    BUCKETS * (index + 1) // len(names),
-                )
-    return slices
 
 
 def compile_plans(experiments: Mapping[str, ExperimentConfig]) -> dict[str, ExperimentPlan]:

@@ -13,12 +13,13 @@ from typing import Annotated, Any, Optional
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from router.events import JsonlWriter
-from router.intake import BODY_ERRORS, parse_json
-from router.live import LiveRegistry
-from router.problems import describe_errors
+from router.experiment.units import MAX_UNIT_CHARS, checked_unit, logged_unit
+from router.proxy.intake import BODY_ERRORS, parse_json
+from router.proxy.live_registry import LiveRegistry
+from router.records.jsonl import JsonlWriter
+from router.records.timestamps import utc_iso_of
+from router.registry.problems import describe_errors
 from router.responses import error_response, json_response
-from router.units import MAX_UNIT_CHARS, checked_unit, logged_unit
 
 MAX_EVENTS_PER_REQUEST = 10_000
 # An outcome files into the log of its own day: no day after tomorrow (clock skew allowed).
@@ -33,7 +34,7 @@ class OutcomeEvent(BaseModel):
     # An event without a value is one occurrence (a conversion).
     value: float = 1.0
     ts: Optional[datetime] = None
-    # The registry's experiment names (router.config.NAME_PATTERN).
+    # The registry's experiment names (router.registry.schema.NAME_PATTERN).
     experiment: Optional[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]] = None
     # The client's own id for the event: the analysis counts an event sent twice once.
     event_id: Optional[Annotated[str, Field(pattern=r"^[\x21-\x7e]{1,128}$")]] = None
@@ -65,7 +66,7 @@ class OutcomeEvent(BaseModel):
     def record(self, hash_units: bool, received: datetime) -> dict[str, Any]:
         ts = self.ts or received
         record = {
-            "ts": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "ts": utc_iso_of(ts),
             "unit": logged_unit(self.unit_id, hash_units),
             "metric": self.metric,
             "value": self.value,

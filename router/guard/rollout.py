@@ -23,12 +23,12 @@ Rules (docs/rollout.md tells them to users):
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Literal, Optional
 
-from router.slo import Check, CheckResult
+from router.guard.slo import Check, CheckResult
+from router.records.timestamps import utc_iso
 
 Status = Literal["running", "paused", "rolled_back", "promoted"]
 Action = Literal["none", "advance", "pause", "resume", "rollback", "promote"]
@@ -135,7 +135,7 @@ class Decision:
 
     def to_record(self) -> dict[str, Any]:
         record: dict[str, Any] = {
-            "ts": iso_utc(self.ts),
+            "ts": utc_iso(self.ts),
             "experiment": self.experiment,
             "check": self.check,
             "action": self.action,
@@ -156,12 +156,6 @@ class Decision:
         record["thresholds"] = dict(self.thresholds)
         record["reason"] = self.reason
         return record
-
-
-def iso_utc(ts: float) -> str:
-    """Epoch seconds as ISO 8601 UTC with milliseconds, like the event logs."""
-    moment = dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def effective_traffic(state: RolloutState, registry_traffic: Optional[float] = None) -> float:

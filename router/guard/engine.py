@@ -4,29 +4,27 @@ No aiohttp, no files, no clock of its own unless asked: every method takes `now`
 seconds; default `clock()`, i.e. time.time). The app wires it like this (docs/rollout.md):
 
 - request path: `observe(experiment, variant, latency_s, ok)` after every backend call (it is
-  a `router.hooks.RequestObserver`), `effective_traffic(experiment)` before assigning (it is a
-  `router.hooks.TrafficPolicy`, with `describe` for GET /experiments);
+  a `router.proxy.seams.RequestObserver`), `effective_traffic(experiment)` before assigning (it
+  is a `router.proxy.seams.TrafficPolicy`, with `describe` for GET /experiments);
 - a background task: `decisions = tick()` every `seconds_until_due()` (or simply every 0.5 s),
   then write `d.to_record()` of each to decisions.jsonl and `SloMetrics.record_decisions`, then
   `store.save_all(guard.take_dirty())` in an executor (`mark_dirty(failed)` on failure);
 - admin endpoints: `act(experiment, action)` -> Decision (raises UnknownExperiment,
-  ActionRefused); `bearer_token_ok(header, token)` for the Authorization header;
+  ActionRefused);
 - on reload: `apply_config(new_config)` -> decisions to write.
 
-The registry is read through the Protocols below (the attribute names of router.config), so
-this module does not depend on how the registry is parsed.
+The registry is read through the Protocols below (the attribute names of
+router.registry.schema), so this module does not depend on how the registry is parsed.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol
 
-from router.rollout import (
+from router.guard.rollout import (
     ActionRefused,
     Actor,
     Decision,
@@ -37,14 +35,13 @@ from router.rollout import (
     Status,
     effective_traffic,
     initial_state,
-    iso_utc,
     on_action,
     on_check,
     on_config,
     startup_decision,
     unreadable_state,
 )
-from router.slo import (
+from router.guard.slo import (
     CheckResult,
     SlidingWindow,
     SloConfigLike,
@@ -53,8 +50,9 @@ from router.slo import (
     evaluate,
     worst,
 )
+from router.records.timestamps import utc_iso
 
-__all__ = ["ActionRefused", "Guard", "UnknownExperiment", "bearer_token_ok"]
+__all__ = ["ActionRefused", "Guard", "UnknownExperiment"]
 
 # Slices per window: the window's edge is exact to within 1/WINDOW_SLICES of its length.
 WINDOW_SLICES = 10
@@ -140,15 +138,6 @@ def policy_of(experiment: ExperimentLike) -> Policy:
         ),
         multi_arm=experiment.variants is not None,
     )
-
-
-def rollout_problems(name: str, experiment: ExperimentLike) -> list[str]:
-    """Registry problems only the guard knows about, as `place: message` (for `router check`)."""
-    if experiment.ramp is not None and experiment.slo is None:
-        return [
-            f"experiments.{name}.ramp: needs an slo section (the ramp advances on passing checks)"
-        ]
-    return []
 
 
 # --- views -----------------------------------------------------------------------------------
@@ -499,7 +488,7 @@ class Guard:
         state = tracked.state
         return {
             "status": state.status,
-            "status_since": iso_utc(state.status_since),
+            "status_since": utc_iso(state.status_since),
             "reason": state.reason,
             "ramp": self._describe_ramp(tracked),
             "slo": self._describe_slo(tracked),
@@ -530,7 +519,7 @@ class Guard:
             "min_samples": ramp.min_samples,
             "step_samples": state.step_samples,
             "eligible_at": (
-                iso_utc(state.last_advance_at + ramp.every_s) if following is not None else None
+                utc_iso(state.last_advance_at + ramp.every_s) if following is not None else None
             ),
         }
 
@@ -551,7 +540,7 @@ class Guard:
         return {
             "check": state.last_check,
             "checked_at": (
-                iso_utc(state.last_check_at) if state.last_check_at is not None else None
+                utc_iso(state.last_check_at) if state.last_check_at is not None else None
             ),
             "interval_s": tracked.interval_s,
             "window_s": tracked.window_s,
@@ -579,26 +568,3 @@ class Guard:
 
 
 # --- operator authentication -----------------------------------------------------------------
-
-
-def bearer_token_ok(authorization: Optional[str], token: Optional[str]) -> bool:
-    """Whether an `Authorization: Bearer <token>` header carries the admin token.
-
-    Compares SHA-256 digests with hmac.compare_digest, so the time taken says nothing about
-    the token, its length included. No configured token authorizes nobody.
-    """
-    if not token or not authorization:
-        return False
-    scheme, _, credentials = authorization.strip().partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    # surrogatepass: header bytes that are not UTF-8 arrive as lone surrogates (no match, no 500)
-    given = hashlib.sha256(credentials.strip().encode("utf-8", "surrogatepass")).digest()
-    expected = hashlib.sha256(token.encode("utf-8")).digest()
-    return hmac.compare_digest(given, expected)
-
-
-def admin_token(environ: Mapping[str, str], variable: str) -> Optional[str]:
-    """The admin token from the environment variable named by `router.admin_token_env`."""
-    value = environ.get(variable, "").strip()
-    return value or None

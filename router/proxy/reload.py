@@ -16,12 +16,14 @@ import signal
 from pathlib import Path
 from typing import Optional
 
-from router.checks import reshuffle_problems, restart_problems
-from router.config import ConfigError, RouterConfig, load_config
-from router.events import JsonlWriter, utc_now_iso
-from router.hooks import DecisionRecord, ReloadHook, TrafficPolicy
-from router.live import LiveRegistry, ReloadStatus
-from router.metrics import RouterMetrics
+from router.proxy.live_registry import LiveRegistry, ReloadStatus
+from router.proxy.seams import DecisionRecord, ReloadHook, TrafficPolicy
+from router.records.jsonl import JsonlWriter
+from router.records.metrics import RouterMetrics
+from router.records.timestamps import utc_now_iso
+from router.registry.loading import ConfigError, load_config
+from router.registry.rules import reshuffle_problems, restart_problems
+from router.registry.schema import RouterConfig
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +108,7 @@ class ConfigReloader:
             return True
 
     def bind(self, on_install: ReloadHook) -> None:
-        """Replace the default reload hook (router.hooks.ReloadHook)."""
+        """Replace the default reload hook (router.proxy.seams.ReloadHook)."""
         self._on_install = on_install
 
     def traffic_change_records(self, old: RouterConfig, new: RouterConfig) -> list[DecisionRecord]:

@@ -1,16 +1,19 @@
-"""Checks of the registry across fields and sections, and of a reload against the running one.
+"""The registry's rules across fields and sections, and of a reload against the running one.
 
-Each check returns `place: message` lines; nothing here raises or repairs anything.
+Each rule returns `place: message` lines; nothing here raises or repairs anything.
+`router.registry.loading` applies `registry_problems` to every file it loads, so a rule holds
+the same in `python -m router check`, at start and on hot reload; `reload_problems` adds what a
+running router must refuse on top.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
-if TYPE_CHECKING:
-    from router.config import ExperimentConfig, RouterConfig, RouterSettings, Variant
+from router.registry.layers import layer_slices
+from router.registry.schema import ExperimentConfig, RouterConfig, RouterSettings, Variant
 
 ATTRIBUTE_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # Paths the router serves itself; an experiment route may not shadow them.
@@ -24,7 +27,7 @@ RESERVED_PATHS = (
     "/openapi.json",
 )
 RESERVED_PREFIXES = ("/admin/",)
-# Exposure record fields (SPEC.md); configured attributes are logged next to them.
+# Exposure record fields (docs/router.md, "Logs"); configured attributes are logged next to them.
 EXPOSURE_FIELDS = frozenset(
     {
         "ts", "request_id", "experiment", "unit", "enrolled", "assigned", "served",
@@ -52,6 +55,9 @@ def experiment_problems(place: str, exp: ExperimentConfig, backends: set[str]) -
             problems.append(f"{place}.ramp: only two-arm experiments ramp")
         if exp.mode == "shadow":
             problems.append(f"{place}.mode: shadow needs a two-arm experiment")
+    if exp.ramp is not None and exp.slo is None:
+        # Placed at `slo`, so that an slo section invalid in itself is not reported twice.
+        problems.append(f"{place}.slo: required with a ramp (it advances on passing checks)")
     for field, backend in _backend_refs(exp):
         if backend not in backends:
             known = ", ".join(sorted(backends)) or "none"
@@ -157,8 +163,6 @@ def reshuffle_problems(old: RouterConfig, new: RouterConfig) -> list[str]:
 
     Raising or lowering `traffic` of a two-arm experiment is allowed: the ramp is monotone.
     """
-    from router.assign import layer_slices  # the slices are the assignment module's business
-
     problems: list[str] = []
     old_slices, new_slices = layer_slices(old.experiments), layer_slices(new.experiments)
     for name, before in old.experiments.items():
@@ -198,6 +202,11 @@ RESTART_ONLY = (
     "host", "port", "log_dir", "state_dir", "admin_token_env",
     "max_body_bytes", "max_connections", "max_connections_per_endpoint",
 )  # fmt: skip
+
+
+def reload_problems(old: RouterConfig, new: RouterConfig) -> list[str]:
+    """Why a running router must keep `old` rather than put `new` in force (none: it may)."""
+    return restart_problems(old, new) + reshuffle_problems(old, new)
 
 
 def restart_problems(old: RouterConfig, new: RouterConfig) -> list[str]:

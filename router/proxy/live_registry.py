@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from router.assign import ExperimentPlan, compile_plans
-from router.config import RouterConfig
-from router.events import utc_now_iso
-from router.proxy import BackendRuntime, Upstreams
+from router.experiment.assign import ExperimentPlan, compile_plans
+from router.proxy.upstreams import BackendRuntime, Upstreams
+from router.records.timestamps import utc_now_iso
+from router.registry.schema import RouterConfig
 
 
 @dataclass(frozen=True)

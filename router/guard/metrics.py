@@ -15,9 +15,9 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from router.guard import ExperimentView
-from router.rollout import STATUSES, Decision
-from router.slo import CHECK_SEVERITY
+from router.guard.engine import ExperimentView
+from router.guard.rollout import STATUSES, Decision
+from router.guard.slo import CHECK_SEVERITY
 
 ShadowOutcome = Literal["ok", "error", "dropped"]
 

@@ -22,7 +22,10 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Optional, Union
 
-from router.backend_http import (
+from router.proxy.intake import parse_json
+from router.records.metrics import RouterMetrics
+from router.registry.schema import BackendConfig, RouterSettings
+from router.transport.backend_client import (
     BackendHttpError,
     BackendHttpTimeout,
     Connection,
@@ -33,9 +36,6 @@ from router.backend_http import (
     StaleConnection,
     request_head,
 )
-from router.config import BackendConfig, RouterSettings
-from router.intake import parse_json
-from router.metrics import RouterMetrics
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The router's own endpoints: admin actions, outcome events, status views, OpenAPI."""

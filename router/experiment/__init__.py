@@ -1,0 +1,1 @@
+"""Experiments as the request path sees them: deterministic assignment and unit ids (pure)."""
