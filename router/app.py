@@ -20,7 +20,7 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from aiohttp import web
 
@@ -46,6 +46,7 @@ from router.proxy.upstreams import Upstreams, make_pool
 from router.records.jsonl import EventLogs
 from router.records.metrics import RouterMetrics
 from router.registry.schema import RouterConfig
+from router.transport.http_server import FastPathSite
 
 CleanupContext = Callable[[web.Application], AsyncIterator[None]]
 
@@ -228,3 +229,16 @@ def _config_reload(reloader: ConfigReloader, watch: bool) -> CleanupContext:
                 await watcher
 
     return context
+
+
+def fast_path_site(
+    runner: web.BaseRunner, host: Optional[str], port: int, **options: Any
+) -> FastPathSite:
+    """The site `python -m router` listens with: the fast path (router.transport.http_server)
+    for POSTs to experiment routes, wired to this app's request path; aiohttp for the rest."""
+    assert isinstance(runner, web.AppRunner)  # aiohttp's TestServer makes one too
+    live, proxy = runner.app[LIVE], runner.app[PROXY]
+    return FastPathSite(
+        runner, host, port, routes=live.fast_routes, start=proxy.start, refuse=proxy.refuse,
+        **options,
+    )  # fmt: skip

@@ -1,4 +1,9 @@
-"""JSON answers of the router itself: errors are `{"code", "error"}` with a fitting status."""
+"""The router's own answers: JSON, and errors as `{"code", "error"}` with a fitting status.
+
+`error_answer` is the one shape of an error the router gives itself, whichever server writes it
+(the fast path writes an HttpAnswer as bytes; aiohttp routes turn it into a web.Response with
+`to_response`).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ from collections.abc import Mapping
 from typing import Any, Optional
 
 from aiohttp import web
+
+from router.transport.messages import HttpAnswer
 
 JSON = "application/json"
 
@@ -19,31 +26,31 @@ def json_response(
     data: Any, status: int = 200, headers: Optional[Mapping[str, str]] = None
 ) -> web.Response:
     return web.Response(
-        body=json_bytes(data),
-        status=status,
-        headers={"Content-Type": JSON, **(headers or {})},
+        body=json_bytes(data), status=status, headers={"Content-Type": JSON, **(headers or {})}
     )
 
 
-def error_response(
+def error_answer(
     status: int,
     code: str,
     message: str,
     headers: Optional[Mapping[str, str]] = None,
     **extra: Any,
-) -> web.Response:
-    return json_response({"code": code, "error": message, **extra}, status, headers)
+) -> HttpAnswer:
+    """An error: `{"code": code, "error": message, **extra}` with `status`."""
+    body = json_bytes({"code": code, "error": message, **extra})
+    return HttpAnswer(status, {"Content-Type": JSON, **(headers or {})}, body)
 
 
-def error_body(code: str, message: str, **extra: Any) -> bytes:
-    """The JSON of an error answer, for servers that write their own responses."""
-    return json_bytes({"code": code, "error": message, **extra})
-
-
-def method_not_allowed(method: str, allowed: list[str]) -> web.Response:
-    return error_response(
+def method_not_allowed(method: str, allowed: list[str]) -> HttpAnswer:
+    return error_answer(
         405,
         "method_not_allowed",
         f"{method} is not allowed here; use {', '.join(allowed)}",
         headers={"Allow": ", ".join(allowed)},
     )
+
+
+def to_response(answer: HttpAnswer) -> web.Response:
+    """An answer for an aiohttp route."""
+    return web.Response(status=answer.status, body=answer.body, headers=answer.headers)

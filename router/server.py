@@ -16,10 +16,9 @@ from typing import Optional
 
 from aiohttp import web
 
-from router.app import LIVE, PROXY, create_app
+from router.app import create_app, fast_path_site
 from router.guard.runtime import GuardSetup
 from router.registry.schema import RouterConfig
-from router.transport.http_server import FastPathSite
 
 log = logging.getLogger("router")
 
@@ -42,15 +41,7 @@ async def serve(
     )
     await runner.setup()
     try:
-        site = FastPathSite(
-            runner,
-            host,
-            port,
-            handler=app[PROXY],
-            live=app[LIVE],
-            backlog=1024,
-            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-        )
+        site = fast_path_site(runner, host, port, backlog=1024, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await site.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

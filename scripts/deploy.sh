@@ -86,7 +86,11 @@ if [ "$action" = up ]; then
 import sys
 from serving.fleet import local_servers
 from pathlib import Path
-for server in local_servers(Path(sys.argv[1])):
+try:
+    servers = local_servers(Path(sys.argv[1]))
+except ValueError as exc:
+    sys.exit(f"deploy: {exc}")
+for server in servers:
     print(f"{server.backend}\t{server.model}")
 ' "$config" | sort -u)
 fi

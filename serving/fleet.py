@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
-import yaml
-
+from router.registry.loading import ConfigError, load_config
 from serving.bundle import BundleError, read_bundle
 from serving.launcher import (
     REPO_ROOT,
@@ -57,26 +56,23 @@ def local_servers(
 ) -> list[LocalServer]:
     """The registry's backends with a `model:` and a local endpoint (`only`: these names)."""
     try:
-        registry = yaml.safe_load(config_path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"{config_path}: cannot read the registry ({exc})") from exc
-    backends = (registry or {}).get("backends")
-    if not isinstance(backends, dict):
-        raise ValueError(f"{config_path}: backends: must be a mapping of name -> backend")
+        backends = load_config(config_path).backends  # the registry as the router reads it
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from exc
     unknown = sorted(set(only or ()) - set(backends))
     if unknown:
         raise ValueError(f"--backend {', '.join(unknown)}: not in {config_path}")
     servers = []
-    for name, spec in backends.items():
-        if (only and name not in only) or not isinstance(spec, dict) or not spec.get("model"):
+    for name, backend in backends.items():
+        if (only and name not in only) or not backend.model:
             continue
-        model = Path(spec["model"])
+        model = Path(backend.model)
         if not model.is_absolute():
             model = config_path.resolve().parent / model
-        chosen_device = device or str(spec.get("device", "cpu"))
+        chosen_device = device or backend.device
         parse_device(chosen_device)
-        for endpoint in spec.get("endpoints") or []:
-            parts = urlsplit(str(endpoint))
+        for endpoint in backend.endpoints:
+            parts = urlsplit(endpoint)
             if parts.hostname in LOCAL_HOSTS and parts.port:
                 servers.append(LocalServer(name, model, chosen_device, parts.port))
     return servers

@@ -25,7 +25,7 @@ from router.guard.rollout import OPERATOR_ACTIONS, ActionRefused, OperatorAction
 from router.guard.runtime import ActionResult
 from router.proxy.intake import BODY_ERRORS, parse_json
 from router.records.metrics import RouterMetrics
-from router.responses import error_response, json_response, method_not_allowed
+from router.responses import error_answer, json_response, method_not_allowed, to_response
 
 ROUTE = "/admin/experiments/{name}/{action}"
 ACTIONS: dict[str, OperatorAction] = {action: action for action in OPERATOR_ACTIONS}
@@ -47,7 +47,7 @@ class AdminEndpoint:
     async def handle(self, request: web.Request) -> web.Response:
         if request.method != "POST":
             self._metrics.http_errors.labels("method_not_allowed").inc()
-            return method_not_allowed(request.method, ["POST"])
+            return to_response(method_not_allowed(request.method, ["POST"]))
         if not self._auth.enabled:
             return self._refuse(
                 403,
@@ -92,7 +92,7 @@ class AdminEndpoint:
         self, status: int, code: str, message: str, headers: Optional[dict[str, str]] = None
     ) -> web.Response:
         self._metrics.http_errors.labels(code).inc()
-        return error_response(status, code, message, headers)
+        return to_response(error_answer(status, code, message, headers))
 
 
 async def _reason(request: web.Request) -> Optional[str]:

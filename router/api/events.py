@@ -19,7 +19,7 @@ from router.proxy.live_registry import LiveRegistry
 from router.records.jsonl import JsonlWriter
 from router.records.timestamps import utc_iso_of
 from router.registry.problems import describe_errors
-from router.responses import error_response, json_response
+from router.responses import error_answer, json_response, method_not_allowed, to_response
 
 MAX_EVENTS_PER_REQUEST = 10_000
 # An outcome files into the log of its own day: no day after tomorrow (clock skew allowed).
@@ -110,20 +110,17 @@ class OutcomeEndpoint:
 
     async def handle(self, request: web.Request) -> web.Response:
         if request.method != "POST":
-            return error_response(
-                405, "method_not_allowed", f"{request.method} is not allowed; use POST",
-                headers={"Allow": "POST"},
-            )  # fmt: skip
+            return to_response(method_not_allowed(request.method, ["POST"]))
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return error_response(413, "body_too_large", "request body too large")
+            return to_response(error_answer(413, "body_too_large", "request body too large"))
         except BODY_ERRORS as exc:  # e.g. a Content-Encoding that does not decode
-            return error_response(400, "bad_event", f"body: cannot be read: {exc}")
+            return to_response(error_answer(400, "bad_event", f"body: cannot be read: {exc}"))
         try:
             events = parse_events(body)
         except ValueError as exc:
-            return error_response(400, "bad_event", str(exc))
+            return to_response(error_answer(400, "bad_event", str(exc)))
         received = datetime.now(timezone.utc)
         hash_units = self._live.current.config.router.hash_unit_ids
         for event in events:

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from router.proxy.live_registry import LiveRegistry, Snapshot
 from router.proxy.seams import TrafficPolicy
 from router.records.metrics import RouterMetrics
-from router.responses import error_response, json_response, method_not_allowed
+from router.responses import error_answer, json_response, method_not_allowed, to_response
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -21,7 +21,7 @@ def get_only(handler: Handler) -> Handler:
 
     async def route(request: web.Request) -> web.StreamResponse:
         if request.method not in ("GET", "HEAD"):
-            return method_not_allowed(request.method, ["GET"])
+            return to_response(method_not_allowed(request.method, ["GET"]))
         return await handler(request)
 
     return route
@@ -102,11 +102,8 @@ class StatusViews:
         controls = {e.control_backend() for e in snapshot.config.experiments.values()}
         unhealthy = sorted(b for b in controls if not snapshot.backends[b].healthy())
         if unhealthy:
-            return error_response(
-                503,
-                "not_ready",
-                f"no endpoint in rotation for control backend(s): {', '.join(unhealthy)}",
-            )
+            message = f"no endpoint in rotation for control backend(s): {', '.join(unhealthy)}"
+            return to_response(error_answer(503, "not_ready", message))
         return json_response({"status": "ready"})
 
     async def metrics(self, request: web.Request) -> web.Response:

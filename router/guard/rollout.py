@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Literal, Optional
 
 from router.guard.slo import Check, CheckResult
-from router.records.timestamps import utc_iso
+from router.records.decisions import decision_record
 
 Status = Literal["running", "paused", "rolled_back", "promoted"]
 Action = Literal["none", "advance", "pause", "resume", "rollback", "promote"]
@@ -134,28 +134,13 @@ class Decision:
     variant: Optional[str] = None  # the arm whose check is reported (the worst one)
 
     def to_record(self) -> dict[str, Any]:
-        record: dict[str, Any] = {
-            "ts": utc_iso(self.ts),
-            "experiment": self.experiment,
-            "check": self.check,
-            "action": self.action,
-            "actor": self.actor,
-            "traffic": self.traffic,
-        }
-        if self.previous_traffic is not None:
-            record["previous_traffic"] = self.previous_traffic
-        record.update(
-            configured_traffic=self.configured_traffic,
-            status=self.status,
-            step=self.step_index,
-            revision=self.revision,
-        )
-        if self.variant is not None:
-            record["variant"] = self.variant
-        record["measured"] = dict(self.measured)
-        record["thresholds"] = dict(self.thresholds)
-        record["reason"] = self.reason
-        return record
+        return decision_record(
+            ts=self.ts, experiment=self.experiment, check=self.check, action=self.action,
+            actor=self.actor, traffic=self.traffic, previous_traffic=self.previous_traffic,
+            configured_traffic=self.configured_traffic, revision=self.revision,
+            reason=self.reason, rollout=(self.status, self.step_index), variant=self.variant,
+            measured=self.measured, thresholds=self.thresholds,
+        )  # fmt: skip
 
 
 def effective_traffic(state: RolloutState, registry_traffic: Optional[float] = None) -> float:

@@ -1,6 +1,6 @@
 """The request path: assign, forward unchanged, fall back, answer, log the exposure, count.
 
-`ProxyHandler.start` takes a ProxyRequest and hands its ProxyAnswer to a callback, whichever
+`ProxyHandler.start` takes a HttpRequest and hands its HttpAnswer to a callback, whichever
 HTTP server parsed the request: the fast path (router.transport.http_server) for POSTs to experiment routes,
 aiohttp (`ProxyHandler.handle`, through `forward`) for the rest and in in-process tests.
 
@@ -39,7 +39,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 from aiohttp import web
 
@@ -63,11 +63,12 @@ from router.proxy.upstreams import (
     Resume,
     Upstreams,
 )
+from router.records.exposure import exposure_record
 from router.records.jsonl import EventLogs
 from router.records.metrics import RouterMetrics
-from router.records.timestamps import utc_iso
-from router.responses import JSON, error_body
+from router.responses import JSON, error_answer, to_response
 from router.transport.backend_client import BackendHttpError, HttpReply, StaleConnection
+from router.transport.messages import HttpAnswer, HttpRequest, Respond
 
 log = logging.getLogger(__name__)
 
@@ -81,22 +82,6 @@ OVERRIDE_HEADER = "X-Variant-Override"
 # The records made per request are NamedTuples: the cheapest objects to build in CPython.
 
 
-class ProxyRequest(NamedTuple):
-    """What the proxy needs of a request; `headers` by lower-case name (a plain dict from the
-    fast path) or case-insensitive (aiohttp's)."""
-
-    method: str
-    path: str
-    headers: Mapping[str, str]
-    body: bytes
-
-
-class ProxyAnswer(NamedTuple):
-    status: int
-    headers: Mapping[str, str]  # Content-Type included
-    body: bytes
-
-
 class _Outcome(NamedTuple):
     served: Optional[Arm]
     reply: Optional[BackendReply]
@@ -104,39 +89,9 @@ class _Outcome(NamedTuple):
     failures: tuple[BackendFailure, ...]  # in call order: the assigned arm's, then control's
 
 
-Respond = Callable[[ProxyAnswer], None]
+class _Admission(NamedTuple):
+    """What `_admit` decided about a request: everything its backend call and record need."""
 
-
-class _Exchange:
-    """One request from its admission to its answer; then its record, counted, observed and
-    logged RECORD_DELAY_S later. (One plain object per request: on this path every layer of
-    tuples, futures and coroutines costs; see the module docstring.)"""
-
-    __slots__ = (
-        "answered_at",
-        "assigned",
-        "assignment",
-        "attempt",
-        "body",
-        "content_type",
-        "experiment",
-        "headers",
-        "latency_s",
-        "outcome",
-        "overridden",
-        "path",
-        "plan",
-        "request_id",
-        "respond",
-        "shadow_arm",
-        "snapshot",
-        "started",
-        "status",
-        "unit",
-    )  # fmt: skip
-
-    # Made empty and filled once the backend call is out (`fill`): every step before the
-    # send adds to the latency, the same steps after it hardly (docs/router.md, "Benchmark").
     started: float  # time.perf_counter()
     headers: Mapping[str, str]
     snapshot: Snapshot
@@ -150,6 +105,21 @@ class _Exchange:
     path: str
     body: bytes
     content_type: str
+
+
+class _Exchange:
+    """One request from its admission to its answer; then its record, counted, observed and
+    logged RECORD_DELAY_S later. (One plain object per request: on this path every layer of
+    tuples, futures and coroutines costs; see the module docstring.)"""
+
+    __slots__ = (
+        "admission", "answered_at", "attempt", "latency_s", "outcome", "request_id", "respond",
+        "status",
+    )  # fmt: skip
+
+    # Made empty and filled once the backend call is out (`fill`): every step before the
+    # send adds to the latency, the same steps after it hardly (docs/router.md, "Benchmark").
+    admission: _Admission
     respond: Optional[Respond]  # None once answered
     attempt: Optional[Attempt]
     # Set with the answer.
@@ -159,20 +129,9 @@ class _Exchange:
     answered_at: float  # time.time(): an outcome sent right after must not come before it
     request_id: str
 
-    def fill(self, admitted: _Admitted, respond: Respond) -> None:
-        (
-            self.started, self.headers, self.snapshot, self.experiment, self.plan, self.unit,
-            self.assignment, self.assigned, self.shadow_arm, self.overridden, self.path,
-            self.body, self.content_type,
-        ) = admitted  # fmt: skip
+    def fill(self, admission: _Admission, respond: Respond) -> None:
+        self.admission = admission
         self.respond = respond
-
-
-# What `_admit` decided, in `_Exchange.fill`'s order (a plain tuple: the cheapest to build).
-_Admitted = tuple[
-    float, Mapping[str, str], Snapshot, str, ExperimentPlan, Optional[str], Assignment, Arm,
-    Optional[Arm], bool, str, bytes, str,
-]  # fmt: skip
 
 
 class ProxyHandler:
@@ -217,44 +176,44 @@ class ProxyHandler:
                 body = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 limit = self._live.current.config.router.max_body_bytes
-                return _response(
+                return to_response(
                     self.refuse(413, "body_too_large", f"request body over {limit} bytes")
                 )
             except BODY_ERRORS as exc:  # e.g. a Content-Encoding that does not decode
-                return _response(
+                return to_response(
                     self.refuse(400, "bad_body", f"request body cannot be read: {exc}")
                 )
         else:
             body = b""
         answer = await self.forward(
-            ProxyRequest(request.method, request.path, request.headers, body)
+            HttpRequest(request.method, request.path, request.headers, body)
         )
-        return _response(answer)
+        return to_response(answer)
 
-    async def forward(self, request: ProxyRequest) -> ProxyAnswer:
+    async def forward(self, request: HttpRequest) -> HttpAnswer:
         """`start` for a coroutine."""
-        answered: asyncio.Future[ProxyAnswer] = self._running_loop().create_future()
+        answered: asyncio.Future[HttpAnswer] = self._running_loop().create_future()
         self.start(request, functools.partial(_resolve, answered))
         return await answered
 
-    def start(self, request: ProxyRequest, respond: Respond) -> None:
+    def start(self, request: HttpRequest, respond: Respond) -> None:
         """Answer `request` by calling `respond` once, later (never from inside this call)
         unless the router answers it itself (an error). The backend call goes out from here
         when an idle connection is free, and its reply is answered from the connection's
         callback; anything else (a wait for a connection, a failure to retry or fall back
         from, a shadow copy) goes on in a Task."""
         try:
-            admitted = self._admit(request)
-            if not isinstance(admitted, ProxyAnswer):
-                self._send(admitted, respond)
+            admission = self._admit(request)
+            if not isinstance(admission, HttpAnswer):
+                self._send(admission, respond)
                 return
-            answer = admitted
+            answer = admission
         except Exception:  # a bug must not leave the client waiting
             log.exception("answering %s failed", request.path)
             answer = self.refuse(500, "internal_error", "the router failed on this request")
         respond(answer)
 
-    def _admit(self, request: ProxyRequest) -> Union[_Admitted, ProxyAnswer]:
+    def _admit(self, request: HttpRequest) -> Union[_Admission, HttpAnswer]:
         """The request checked and assigned, or the router's own answer to it."""
         started = time.perf_counter()
         snapshot = self._live.current
@@ -291,7 +250,7 @@ class ProxyHandler:
             assignment = plan.assign(unit, self._traffic.effective_traffic(name))
         else:
             overridden = self._override(headers, plan, wanted)
-            if isinstance(overridden, ProxyAnswer):
+            if isinstance(overridden, HttpAnswer):
                 return overridden
             assignment = overridden
         assigned, shadow_arm = assignment.arm, None
@@ -300,25 +259,24 @@ class ProxyHandler:
             if not assignment.is_control:
                 shadow_arm = assigned
             assigned = plan.control
-        return (
+        return _Admission(
             started, headers, snapshot, name, plan, unit, assignment, assigned, shadow_arm,
             wanted is not None, path, body, headers.get("content-type") or JSON,
         )  # fmt: skip
 
-    def _send(self, admitted: _Admitted, respond: Respond) -> None:
+    def _send(self, admission: _Admission, respond: Respond) -> None:
         """Call the assigned arm's backend: at once on an idle connection, else from a Task."""
-        _, _, snapshot, _, _, _, _, assigned, shadow_arm, _, path, body, content_type = admitted
         exchange = _Exchange()
         started: Union[Attempt, EndpointState, None] = None
-        if shadow_arm is None:
+        if admission.shadow_arm is None:
             started = self._upstreams.try_call(
-                snapshot.backends[assigned.backend],
-                path,
-                body,
-                content_type,
+                admission.snapshot.backends[admission.assigned.backend],
+                admission.path,
+                admission.body,
+                admission.content_type,
                 functools.partial(self._replied, exchange),
             )
-        exchange.fill(admitted, respond)
+        exchange.fill(admission, respond)
         if type(started) is Attempt:
             exchange.attempt = started
         elif type(started) is EndpointState:
@@ -341,7 +299,7 @@ class ProxyHandler:
             self._go_on_in_task(exchange, Resume(attempt.endpoint, failure))
             return
         try:
-            self._answer(exchange, _Outcome(exchange.assigned, reply, False, ()))
+            self._answer(exchange, _Outcome(exchange.admission.assigned, reply, False, ()))
         except Exception:  # here, it would fail the backend connection instead
             self._answer_failed(exchange)
         attempt.release()
@@ -354,8 +312,8 @@ class ProxyHandler:
     async def _go_on(self, exchange: _Exchange, resume: Optional[Resume]) -> None:
         control_answer: Optional[asyncio.Future[Optional[BackendReply]]] = None
         try:
-            if exchange.shadow_arm is not None:
-                control_answer = self._shadow(exchange, exchange.shadow_arm)
+            if exchange.admission.shadow_arm is not None:
+                control_answer = self._shadow(exchange, exchange.admission.shadow_arm)
             outcome = await self._serve(exchange, resume)
             if control_answer is not None:
                 control_answer.set_result(outcome.reply)
@@ -368,7 +326,7 @@ class ProxyHandler:
                 control_answer.set_result(None)
 
     def _answer_failed(self, exchange: _Exchange) -> None:
-        log.exception("answering %s failed", exchange.path)
+        log.exception("answering %s failed", exchange.admission.path)
         respond, exchange.respond = exchange.respond, None
         if respond is not None:
             respond(self.refuse(500, "internal_error", "the router failed on this request"))
@@ -376,14 +334,14 @@ class ProxyHandler:
     def _answer(self, exchange: _Exchange, outcome: _Outcome) -> None:
         """Answer with `outcome`, and keep the exchange to count and log it later."""
         name, assigned, enrolled = (
-            exchange.experiment,
-            exchange.assigned.name,
-            exchange.assignment.enrolled,
+            exchange.admission.experiment,
+            exchange.admission.assigned.name,
+            exchange.admission.assignment.enrolled,
         )
-        request_id = request_id_of(exchange.headers)
+        request_id = request_id_of(exchange.admission.headers)
         reply = outcome.reply
         if reply is not None:
-            answer = ProxyAnswer(
+            answer = HttpAnswer(
                 200,
                 {
                     "Content-Type": JSON,
@@ -400,22 +358,15 @@ class ProxyHandler:
         else:
             last = outcome.failures[-1]
             status = 504 if last.kind == "timeout" else 502
-            answer = ProxyAnswer(
+            answer = error_answer(
                 status,
-                {
-                    "Content-Type": JSON,
-                    "X-Experiment": name,
-                    "X-Variant": assigned,
-                    "X-Request-Id": request_id,
-                },
-                error_body(
-                    "backend_timeout" if status == 504 else "backend_unavailable",
-                    "no variant could answer: " + "; ".join(str(f) for f in outcome.failures),
-                    request_id=request_id,
-                    experiment=_experiment_info(name, assigned, None, enrolled, outcome.fallback),
-                ),
+                "backend_timeout" if status == 504 else "backend_unavailable",
+                "no variant could answer: " + "; ".join(str(f) for f in outcome.failures),
+                {"X-Experiment": name, "X-Variant": assigned, "X-Request-Id": request_id},
+                request_id=request_id,
+                experiment=_experiment_info(name, assigned, None, enrolled, outcome.fallback),
             )
-        latency_s = time.perf_counter() - exchange.started
+        latency_s = time.perf_counter() - exchange.admission.started
         respond, exchange.respond = exchange.respond, None
         if respond is not None:
             respond(answer)
@@ -447,7 +398,7 @@ class ProxyHandler:
 
     def _override(
         self, headers: Mapping[str, str], plan: ExperimentPlan, wanted: str
-    ) -> Union[Assignment, ProxyAnswer]:
+    ) -> Union[Assignment, HttpAnswer]:
         """The arm `X-Variant-Override` asks for (never enrolled), or the refusal."""
         if not self._auth.allows(headers.get("authorization")):
             return self.refuse(
@@ -467,14 +418,22 @@ class ProxyHandler:
     async def _serve(self, exchange: _Exchange, resume: Optional[Resume]) -> _Outcome:
         """Call the assigned arm (going on from `resume`); if it fails, control, where the
         experiment falls back to it."""
-        snapshot, assigned, control = exchange.snapshot, exchange.assigned, exchange.plan.control
+        snapshot, assigned, control = (
+            exchange.admission.snapshot,
+            exchange.admission.assigned,
+            exchange.admission.plan.control,
+        )
         backends, call = snapshot.backends, self._upstreams.call
-        path, body, content_type = exchange.path, exchange.body, exchange.content_type
+        path, body, content_type = (
+            exchange.admission.path,
+            exchange.admission.body,
+            exchange.admission.content_type,
+        )
         try:
             reply = await call(backends[assigned.backend], path, body, content_type, resume)
             return _Outcome(assigned, reply, False, ())
         except BackendFailure as failure:
-            fallback = snapshot.config.experiments[exchange.experiment].fallback
+            fallback = snapshot.config.experiments[exchange.admission.experiment].fallback
             if assigned is control or fallback != "control":
                 return _Outcome(None, None, False, (failure,))
             first = failure
@@ -489,8 +448,12 @@ class ProxyHandler:
     ) -> Optional[asyncio.Future[Optional[BackendReply]]]:
         """Send a copy to `arm` in the background; the returned future takes control's answer,
         for the shadow listener to compare. None if too many copies are in flight."""
-        experiment, snapshot = exchange.experiment, exchange.snapshot
-        path, body, content_type = exchange.path, exchange.body, exchange.content_type
+        experiment, snapshot = exchange.admission.experiment, exchange.admission.snapshot
+        path, body, content_type = (
+            exchange.admission.path,
+            exchange.admission.body,
+            exchange.admission.content_type,
+        )
         if len(self._shadows) >= MAX_SHADOW_IN_FLIGHT:
             self._metrics.shadow_skipped.labels(experiment).inc()
             if self._shadow_listener is not None:
@@ -533,26 +496,24 @@ class ProxyHandler:
 
     def refuse(
         self, status: int, code: str, message: str, headers: Optional[Mapping[str, str]] = None
-    ) -> ProxyAnswer:
+    ) -> HttpAnswer:
         """The router's own error answer, counted in `router_http_errors` by code."""
         self._metrics.http_errors.labels(code).inc()
-        return ProxyAnswer(
-            status, {"Content-Type": JSON, **(headers or {})}, error_body(code, message)
-        )
+        return error_answer(status, code, message, headers)
 
     def _observe(self, answered: _Exchange) -> None:
         """Show the guard each backend call of the request: the assigned arm's, then control's
         if it stood in."""
-        outcome, experiment = answered.outcome, answered.experiment
-        control = answered.snapshot.plans[experiment].control
-        for arm, failure in zip((answered.assigned, control), outcome.failures):
+        outcome, experiment = answered.outcome, answered.admission.experiment
+        control = answered.admission.snapshot.plans[experiment].control
+        for arm, failure in zip((answered.admission.assigned, control), outcome.failures):
             self._observer.observe(experiment, arm.name, failure.latency_s, False)
         if outcome.served is not None and outcome.reply is not None:
             self._observer.observe(experiment, outcome.served.name, outcome.reply.latency_s, True)
 
     def _account(self, answered: _Exchange) -> None:
         metrics, outcome = self._metrics, answered.outcome
-        experiment, variant = answered.experiment, answered.assigned.name
+        experiment, variant = answered.admission.experiment, answered.admission.assigned.name
         if outcome.reply is None:
             result = "error"
         elif outcome.fallback:
@@ -564,36 +525,35 @@ class ProxyHandler:
         metrics.request_duration.observe((experiment, variant), answered.latency_s)
 
     def _log_exposure(self, answered: _Exchange) -> None:
-        settings = answered.snapshot.config.router
-        outcome = answered.outcome
-        record: dict[str, Any] = {
-            "ts": utc_iso(answered.answered_at),
-            "request_id": answered.request_id,
-            "experiment": answered.experiment,
-            "unit": logged_unit(answered.unit, settings.hash_unit_ids),
-            "enrolled": answered.assignment.enrolled,
-            "assigned": answered.assigned.name,
-            "served": outcome.served.name if outcome.served else None,
-            "model_version": outcome.reply.version if outcome.reply else None,
-            "status": answered.status,
-            "latency_ms": round(answered.latency_s * 1000, 3),
-            "fallback": outcome.fallback,
-            "error": "; ".join(str(f) for f in outcome.failures) or None,
-        }
-        if answered.overridden:
-            record["override"] = True
-        for field, header in settings.attributes.items():
-            record[field] = answered.headers.get(header.lower())
-        self._logs.exposures.write(record)
+        admission, outcome = answered.admission, answered.outcome
+        settings = admission.snapshot.config.router
+        headers = admission.headers
+        self._logs.exposures.write(
+            exposure_record(
+                ts=answered.answered_at,
+                request_id=answered.request_id,
+                experiment=admission.experiment,
+                unit=logged_unit(admission.unit, settings.hash_unit_ids),
+                enrolled=admission.assignment.enrolled,
+                assigned=admission.assigned.name,
+                served=outcome.served.name if outcome.served else None,
+                model_version=outcome.reply.version if outcome.reply else None,
+                status=answered.status,
+                latency_s=answered.latency_s,
+                fallback=outcome.fallback,
+                errors=outcome.failures,
+                overridden=admission.overridden,
+                attributes=[
+                    (field, headers.get(header.lower()))
+                    for field, header in settings.attributes.items()
+                ],
+            )
+        )
 
 
-def _resolve(answered: asyncio.Future[ProxyAnswer], answer: ProxyAnswer) -> None:
+def _resolve(answered: asyncio.Future[HttpAnswer], answer: HttpAnswer) -> None:
     if not answered.done():  # aiohttp cancels the handler when its client goes
         answered.set_result(answer)
-
-
-def _response(answer: ProxyAnswer) -> web.Response:
-    return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
 
 
 def _experiment_info(

@@ -13,6 +13,7 @@ from router.experiment.assign import ExperimentPlan, compile_plans
 from router.proxy.upstreams import BackendRuntime, Upstreams
 from router.records.timestamps import utc_now_iso
 from router.registry.schema import RouterConfig
+from router.transport.http_server import FastRoutes
 
 
 @dataclass(frozen=True)
@@ -22,13 +23,14 @@ class Snapshot:
     routes: dict[str, str]  # route -> experiment name
     backends: dict[str, BackendRuntime]
     loaded_at: str = field(default_factory=utc_now_iso)
-    # The fast path's lookup: a request target's raw path -> its route, for the routes a
-    # client sends as they are (ASCII, no percent sign; others are aiohttp's to decode).
-    raw_routes: dict[bytes, str] = field(init=False)
+    # What the fast path answers itself: the routes a client sends as they are (ASCII, no
+    # percent sign; others are aiohttp's to decode), by their raw bytes.
+    fast_routes: FastRoutes = field(init=False)
 
     def __post_init__(self) -> None:
         raw = {r.encode(): r for r in self.routes if r.isascii() and "%" not in r}
-        object.__setattr__(self, "raw_routes", raw)  # derived once; the dataclass is frozen
+        fast = FastRoutes(raw, self.config.router.max_body_bytes)
+        object.__setattr__(self, "fast_routes", fast)  # derived once; the dataclass is frozen
 
 
 @dataclass
@@ -61,3 +63,6 @@ class LiveRegistry:
 
     def config(self) -> RouterConfig:
         return self.current.config
+
+    def fast_routes(self) -> FastRoutes:
+        return self.current.fast_routes

@@ -13,16 +13,17 @@ import contextlib
 import hashlib
 import logging
 import signal
+import time
 from pathlib import Path
 from typing import Optional
 
 from router.proxy.live_registry import LiveRegistry, ReloadStatus
 from router.proxy.seams import DecisionRecord, ReloadHook, TrafficPolicy
+from router.records.decisions import decision_record
 from router.records.jsonl import JsonlWriter
 from router.records.metrics import RouterMetrics
-from router.records.timestamps import utc_now_iso
 from router.registry.loading import ConfigError, load_config
-from router.registry.rules import reshuffle_problems, restart_problems
+from router.registry.rules import reload_problems
 from router.registry.schema import RouterConfig
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class ConfigReloader:
                 new = await asyncio.get_running_loop().run_in_executor(
                     None, load_config, self._path
                 )
-                problems = restart_problems(old, new) + reshuffle_problems(old, new)
+                problems = reload_problems(old, new)
                 if problems:
                     raise ConfigError(str(self._path), problems)
             except ConfigError as exc:
@@ -121,19 +122,16 @@ class ConfigReloader:
             if previous == configured:
                 continue
             raised = previous is not None and configured > previous
+            was = "added" if previous is None else f"traffic {previous:g}% -> {configured:g}%"
             records.append(
-                {
-                    "ts": utc_now_iso(),
-                    "experiment": name,
-                    "check": None,
-                    "action": "advance" if raised else "none",
-                    "actor": "config",
-                    "traffic": self._traffic.effective_traffic(name),
-                    "configured_traffic": configured,
-                    "previous_traffic": previous,
-                    "revision": experiment.revision,
-                }
-            )
+                decision_record(
+                    ts=time.time(), experiment=name, check=None,
+                    action="advance" if raised else "none", actor="config",
+                    traffic=self._traffic.effective_traffic(name), previous_traffic=previous,
+                    configured_traffic=configured, revision=experiment.revision,
+                    reason=f"registry edited: {was}",
+                )
+            )  # fmt: skip
         return records
 
     def install_sighup(self) -> bool:

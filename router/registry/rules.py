@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Optional
 
+from router.records.exposure import EXPOSURE_FIELDS, OPTIONAL_EXPOSURE_FIELDS
 from router.registry.layers import layer_slices
 from router.registry.schema import ExperimentConfig, RouterConfig, RouterSettings, Variant
 
@@ -27,15 +28,6 @@ RESERVED_PATHS = (
     "/openapi.json",
 )
 RESERVED_PREFIXES = ("/admin/",)
-# Exposure record fields (docs/router.md, "Logs"); configured attributes are logged next to them.
-EXPOSURE_FIELDS = frozenset(
-    {
-        "ts", "request_id", "experiment", "unit", "enrolled", "assigned", "served",
-        "model_version", "status", "latency_ms", "fallback", "error",
-    }
-)  # fmt: skip
-# Fields only some exposure records carry (`override: true` on X-Variant-Override requests).
-OPTIONAL_EXPOSURE_FIELDS = frozenset({"override"})
 
 
 def experiment_problems(place: str, exp: ExperimentConfig, backends: set[str]) -> list[str]:

@@ -1,13 +1,13 @@
-"""The fast path: POSTs to experiment routes answered without aiohttp's request machinery.
+"""The fast path: an HTTP/1.1 server for the requests that matter most, aiohttp for the rest.
 
 `python -m router` listens with FastPathSite. Each connection's requests are parsed by llhttp
-(httptools, the parser uvicorn uses). A POST to an experiment route goes straight to
-`ProxyHandler.start` from the parser's callback, and its answer is written as bytes from the
-handler's callback: no Task per request. Anything else (the admin API,
-/metrics, /events, a percent-encoded path, a body with a Content-Encoding, `Expect`, an
-upgrade) hands the connection over to aiohttp for good: the bytes of that request are replayed
-into aiohttp's own protocol, which serves the rest of the connection. Both paths run the same
-ProxyHandler; in-process tests (aiohttp's TestServer) exercise the aiohttp one.
+(httptools, the parser uvicorn uses). A POST to one of the `FastRoutes` goes straight to the
+injected `start(request, respond)` from the parser's callback, and the answer `respond` gets is
+written as bytes: no Task per request. This module knows nothing of experiments: which paths
+are fast, the body limit and what answers a request are all given to it. Anything else (the
+admin API, /metrics, /events, a percent-encoded path, a body with a Content-Encoding, `Expect`,
+an upgrade) hands the connection over to aiohttp for good: the bytes of that request are
+replayed into aiohttp's own protocol, which serves the rest of the connection.
 
 Why: on the benchmark machine aiohttp's server side cost about 0.2 ms of CPU per request, and
 it set the router's latency overhead in front of Paddle Serving (docs/router.md, "How a
@@ -24,16 +24,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
+from collections.abc import Mapping
+from email.utils import formatdate
 from http import HTTPStatus
-from typing import Optional, Union, cast
+from typing import Callable, NamedTuple, Optional, Union, cast
 
 import httptools
 from aiohttp import web
-from aiohttp.helpers import rfc822_formatted_time  # the Date aiohttp's server sends
 
-from router.proxy.handler import ProxyAnswer, ProxyHandler, ProxyRequest
-from router.proxy.live_registry import LiveRegistry
+from router.transport.messages import HttpAnswer, HttpRequest, Respond
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,21 @@ DISCARD_FACTOR = 16
 ASK_AIOHTTP = frozenset(("content-encoding", "expect", "upgrade"))
 
 
+class FastRoutes(NamedTuple):
+    """The requests the fast path answers itself: POSTs to these paths (by the request target's
+    raw bytes: one dict lookup, no decoding), with bodies of at most `max_body_bytes`."""
+
+    paths: Mapping[bytes, str]  # raw target -> the path handed to `start`
+    max_body_bytes: int
+
+
+# The callables the fast path is given: the routes in force (asked once per request, so they
+# may change at any time), the request path, and the server's own error answers.
+RoutesNow = Callable[[], FastRoutes]
+Start = Callable[[HttpRequest, Respond], None]
+Refuse = Callable[[int, str, str], HttpAnswer]
+
+
 class _Handover(Exception):
     """Raised from a parser callback: this request is for aiohttp."""
 
@@ -57,15 +73,18 @@ class _Refusal(Exception):
 
 
 # A parsed request waiting for its answer: the request, keep-alive, HTTP/1.0.
-_Queued = Union[tuple[ProxyRequest, bool, bool], ProxyAnswer]
+_Queued = Union[tuple[HttpRequest, bool, bool], HttpAnswer]
 
 
 class FastPath:
-    """What the connections share: the handler, the registry, aiohttp's protocol factory."""
+    """What the connections share: the injected callables and aiohttp's protocol factory."""
 
-    def __init__(self, handler: ProxyHandler, live: LiveRegistry, aiohttp_server: web.Server):
-        self.handler = handler
-        self.live = live
+    def __init__(
+        self, routes: RoutesNow, start: Start, refuse: Refuse, aiohttp_server: web.Server
+    ) -> None:
+        self.routes = routes
+        self.start = start
+        self.refuse = refuse
         self.aiohttp_server = aiohttp_server
         self.connections: set[FastPathProtocol] = set()
         self.closing = False
@@ -190,8 +209,8 @@ class FastPathProtocol(asyncio.Protocol):
         )
 
     def on_headers_complete(self) -> None:
-        parser, snapshot = self._parser, self._shared.live.current
-        path = snapshot.raw_routes.get(self._url.split(b"?", 1)[0])
+        parser, routes = self._parser, self._shared.routes()
+        path = routes.paths.get(self._url.split(b"?", 1)[0])
         if (
             path is None
             or parser.get_method() != b"POST"
@@ -207,7 +226,7 @@ class FastPathProtocol(asyncio.Protocol):
                 )
             raise _Handover()
         self._path = path
-        self._body_limit = snapshot.config.router.max_body_bytes
+        self._body_limit = routes.max_body_bytes
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
@@ -226,11 +245,11 @@ class FastPathProtocol(asyncio.Protocol):
             self._refuse(413, "body_too_large", f"request body over {self._body_limit} bytes")
             return
         parser = self._parser
-        request = ProxyRequest("POST", self._path, self._headers, b"".join(self._body))
+        request = HttpRequest("POST", self._path, self._headers, b"".join(self._body))
         keep_alive, http10 = parser.should_keep_alive(), parser.get_http_version() == "1.0"
         if self._answering is None and not self._queue and not self._answered_last:
             self._answering = (keep_alive, http10)  # the usual case: answer it now
-            self._shared.handler.start(request, self._answered)
+            self._shared.start(request, self._answered)
         else:
             self._enqueue((request, keep_alive, http10))
 
@@ -253,30 +272,30 @@ class FastPathProtocol(asyncio.Protocol):
     def _refuse(self, status: int, code: str, message: str) -> None:
         """Answer this error after the answers in progress, then close; read nothing more."""
         self._pause_reading()
-        self._enqueue(self._shared.handler.refuse(status, code, message))
+        self._enqueue(self._shared.refuse(status, code, message))
 
     def _answer_queued(self) -> None:
         """Answer the queued requests in order, one at a time; then go on with the connection.
-        (A loop, not recursion: the handler answers an error at once, through `_answered`.)"""
+        (A loop, not recursion: `start` may answer at once, an error, through `_answered`.)"""
         if self._draining:
             return
         self._draining = True
         try:
             while self._queue and self._answering is None and not self._answered_last:
                 item = self._queue.popleft()
-                if isinstance(item, ProxyAnswer):
+                if isinstance(item, HttpAnswer):
                     self._write(item, keep_alive=False, http10=False)
                     break
                 request, keep_alive, http10 = item
                 self._answering = (keep_alive, http10)
-                self._shared.handler.start(request, self._answered)
+                self._shared.start(request, self._answered)
         finally:
             self._draining = False
         if self._answering is None:
             self._went_idle()
 
-    def _answered(self, answer: ProxyAnswer) -> None:
-        """The handler's callback."""
+    def _answered(self, answer: HttpAnswer) -> None:
+        """`respond`, as given to `start`."""
         answering, self._answering = self._answering, None
         assert answering is not None
         keep_alive, http10 = answering
@@ -305,7 +324,7 @@ class FastPathProtocol(asyncio.Protocol):
                 transport.resume_reading()
             self._last_active = self._loop.time()
 
-    def _write(self, answer: ProxyAnswer, keep_alive: bool, http10: bool) -> None:
+    def _write(self, answer: HttpAnswer, keep_alive: bool, http10: bool) -> None:
         if not keep_alive:
             self._answered_last = True
             self._queue.clear()
@@ -379,13 +398,29 @@ _STATUS_LINES = {
 _HEADER_LINE = "%s: %s\r\n"
 
 
-def _encode(answer: ProxyAnswer, keep_alive: bool, http10: bool) -> bytes:
+class _HttpDate:
+    """The Date header's value, formatted once a second."""
+
+    def __init__(self) -> None:
+        self._cached = (-1, "")
+
+    def now(self) -> str:
+        second = int(time.time())
+        if self._cached[0] != second:
+            self._cached = (second, formatdate(second, usegmt=True))
+        return self._cached[1]
+
+
+_http_date = _HttpDate().now
+
+
+def _encode(answer: HttpAnswer, keep_alive: bool, http10: bool) -> bytes:
     head = "".join(map(_HEADER_LINE.__mod__, answer.headers.items()))  # no Python-level loop
     if not keep_alive:
         head += "Connection: close\r\n"
     elif http10:
         head += "Connection: keep-alive\r\n"
-    head += f"Date: {rfc822_formatted_time()}\r\nContent-Length: {len(answer.body)}\r\n\r\n"
+    head += f"Date: {_http_date()}\r\nContent-Length: {len(answer.body)}\r\n\r\n"
     return _STATUS_LINES[answer.status] + head.encode("latin-1") + answer.body
 
 
@@ -398,14 +433,15 @@ class FastPathSite(web.TCPSite):
         host: Optional[str],
         port: int,
         *,
-        handler: ProxyHandler,
-        live: LiveRegistry,
+        routes: RoutesNow,
+        start: Start,
+        refuse: Refuse,
         backlog: int = 1024,
         shutdown_timeout: float = 10.0,
     ) -> None:
         super().__init__(runner, host, port, backlog=backlog)
         assert runner.server is not None  # runner.setup() ran (TCPSite checks it too)
-        self._fast = FastPath(handler, live, runner.server)
+        self._fast = FastPath(routes, start, refuse, runner.server)
         self._shutdown_timeout = shutdown_timeout
 
     async def start(self) -> None:

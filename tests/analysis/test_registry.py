@@ -1,4 +1,4 @@
-"""Reading the registry's analysis block, arms and log settings."""
+"""Reading the registry's analysis block, arms and log settings (through the router's schema)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ def test_the_repositorys_registry() -> None:
 def test_multi_arm_registry() -> None:
     raw = make_registry(Path("/logs"))
     body = raw["experiments"]["sentiment"]
-    del body["traffic"]
+    for two_arm in ("control", "treatment", "traffic"):
+        del body[two_arm]
     body["variants"] = [
         {"name": "legacy", "backend": "sentiment-v1", "weight": 60},
         {"name": "new", "backend": "sentiment-v2", "weight": 40},
@@ -60,10 +61,11 @@ def test_multi_arm_registry() -> None:
     assert spec.arms.shares(40) == pytest.approx({"legacy": 0.6, "new": 0.4})
 
 
-def test_unknown_router_fields_are_ignored_and_no_plan_is_allowed() -> None:
+def test_no_plan_is_allowed_and_unknown_fields_are_refused_as_by_the_router() -> None:
+    assert parse_registry(make_registry(Path("/logs"), analysis={})).experiment(None).plan is None
     raw = make_registry(Path("/logs"), analysis={}, extra={"future_field": {"x": 1}})
-    spec = parse_registry(raw).experiment("sentiment")
-    assert spec.plan is None
+    with pytest.raises(RegistryError, match=r"experiments\.sentiment\.future_field: unknown key"):
+        parse_registry(raw)
 
 
 @pytest.mark.parametrize(
@@ -82,7 +84,10 @@ def test_invalid_registry_names_the_place(case: dict[str, Any]) -> None:
 
 def test_choosing_an_experiment() -> None:
     raw = make_registry(Path("/logs"))
-    raw["experiments"]["second"] = dict(raw["experiments"]["sentiment"])
+    raw["experiments"]["second"] = {
+        **raw["experiments"]["sentiment"],
+        "route": "/second/prediction",
+    }
     registry = parse_registry(raw, source="r.yaml")
     with pytest.raises(RegistryError, match="2 defined; choose one with --experiment"):
         registry.experiment(None)

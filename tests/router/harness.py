@@ -12,10 +12,9 @@ from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
-from router.app import EVENT_LOGS, LIVE, METRICS, PROXY, create_app
+from router.app import EVENT_LOGS, LIVE, METRICS, PROXY, create_app, fast_path_site
 from router.registry.loading import parse_config
 from router.registry.schema import RouterConfig
-from router.transport.http_server import FastPathSite
 from tests.router.data import merge_patch
 
 DEMO_BODY = {"key": ["x"], "value": ["[[1, 2, 3]]"]}
@@ -84,7 +83,6 @@ def decisions(app: web.Application) -> list[dict[str, Any]]:
 
 
 def logs_dir(app: web.Application) -> Path:
-    from router.app import LIVE
 
     return app[LIVE].config().router.log_dir
 
@@ -119,10 +117,7 @@ class FastPathTestServer(TestServer):
             return
         self.runner = await self._make_runner(**kwargs)
         await self.runner.setup()
-        app = self.app
-        site = FastPathSite(
-            self.runner, self.host, 0, handler=app[PROXY], live=app[LIVE], shutdown_timeout=2
-        )
+        site = fast_path_site(self.runner, self.host, 0, shutdown_timeout=2)
         await site.start()
         self.port = self.runner.addresses[0][1]
         self.scheme = "http"

@@ -13,7 +13,7 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
 from router.app import EVENT_LOGS, OBSERVER, SHADOW_LISTENER
-from router.registry.rules import EXPOSURE_FIELDS
+from router.records.exposure import EXPOSURE_FIELDS
 from tests.router.fakes import FakePipeline, closed_port_url, start_fake, url_of
 from tests.router.harness import (
     DEMO_BODY,

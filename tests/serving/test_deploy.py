@@ -27,6 +27,7 @@ def test_deploy_up_status_down(demo_models: Path, tmp_path: Path) -> None:
                 "backends": {
                     "sentiment-v2": {
                         "endpoints": [f"http://127.0.0.1:{port}"],
+                        "version": "paddle_new_v2",
                         "model": str(demo_models / "sentiment_v2"),
                         "device": "cpu",
                     }

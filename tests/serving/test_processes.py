@@ -64,12 +64,12 @@ def test_up_status_down(demo_models: Path, tmp_path: Path) -> None:
     ports = [free_port(), free_port()]
     registry = {
         "backends": {
-            "sentiment-v1": {"endpoints": [f"http://127.0.0.1:{ports[0]}"],
+            "sentiment-v1": {"endpoints": [f"http://127.0.0.1:{ports[0]}"], "version": "v1",
                              "model": str(demo_models / "sentiment_v1")},
             "sentiment-v2": {"endpoints": [f"http://127.0.0.1:{ports[1]}",
-                                           "http://gpu-node-2.example:8080"],
+                                           "http://gpu-node-2.example:8080"], "version": "v2",
                              "model": str(demo_models / "sentiment_v2")},
-            "remote-only": {"endpoints": ["http://gpu-node-2.example:8081"]},
+            "remote-only": {"endpoints": ["http://gpu-node-2.example:8081"], "version": "v3"},
         }
     }  # fmt: skip
     config = tmp_path / "experiments.yaml"
@@ -100,7 +100,7 @@ def test_up_refuses_a_port_in_use_and_a_missing_bundle(demo_models: Path, tmp_pa
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        registry = {"backends": {"b": {"endpoints": [f"http://127.0.0.1:{port}"],
+        registry = {"backends": {"b": {"endpoints": [f"http://127.0.0.1:{port}"], "version": "v1",
                                        "model": str(demo_models / "sentiment_v1")}}}  # fmt: skip
         config = tmp_path / "busy.yaml"
         config.write_text(yaml.safe_dump(registry))
@@ -108,7 +108,7 @@ def test_up_refuses_a_port_in_use_and_a_missing_bundle(demo_models: Path, tmp_pa
     assert result.returncode == 2
     assert f"port {port} is already in use" in result.stderr
 
-    registry = {"backends": {"b": {"endpoints": [f"http://127.0.0.1:{free_port()}"],
+    registry = {"backends": {"b": {"endpoints": [f"http://127.0.0.1:{free_port()}"], "version": "v1",
                                    "model": str(tmp_path / "nowhere")}}}  # fmt: skip
     config.write_text(yaml.safe_dump(registry))
     result = _serving("up", "--config", str(config), "--run-dir", str(tmp_path / "run"))
