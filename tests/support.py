@@ -6,9 +6,13 @@ import asyncio
 import inspect
 import json
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from serving.synthetic import make_reviews
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "tests" / "data"
 
 # What a check may raise while the state it reads is still on its way (a field still null, a
 # file not there yet, a line half written): "not yet", never a failure on its own. An

@@ -87,3 +87,7 @@ def closed_port_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}"
+
+
+# Started fakes by name, with their servers (the `fakes` fixture of tests/router/conftest.py).
+Fakes = dict[str, tuple[FakePipeline, TestServer]]

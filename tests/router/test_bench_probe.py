@@ -6,7 +6,6 @@ import importlib.util
 import math
 import random
 import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -14,8 +13,9 @@ import pytest
 from scipy.stats import binom
 
 from tests.router.data import load_table
+from tests.support import REPO
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_router.py"
+SCRIPT = REPO / "scripts" / "bench_router.py"
 CASES = load_table("bench_median_ranks.json")["cases"]
 
 

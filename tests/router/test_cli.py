@@ -12,8 +12,8 @@ import yaml
 
 from router.__main__ import main
 from tests.router.data import load_table
+from tests.support import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 VECTORS = load_table("assign_two_arm.json")
 
 

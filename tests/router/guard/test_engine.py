@@ -14,7 +14,7 @@ from router.guard.engine import ActionRefused, Guard, UnknownExperiment
 from router.guard.rollout import Decision
 from router.guard.state import StateStore
 from router.proxy.seams import RequestObserver, TrafficPolicy
-from tests.router_slo.simulation import (
+from tests.router.guard.simulation import (
     Simulation,
     failing_after,
     healthy,

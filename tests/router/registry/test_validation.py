@@ -7,9 +7,9 @@ import pytest
 
 from router.registry.loading import ConfigError, load_config, parse_config
 from tests.router.data import load_table, merge_patch
+from tests.support import REPO
 
 CASES = load_table("router_config_cases.json")
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("case", CASES["cases"], ids=[c["name"] for c in CASES["cases"]])

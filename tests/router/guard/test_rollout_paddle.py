@@ -20,7 +20,7 @@ import pytest_asyncio
 from router.experiment.assign import bucket
 from router.guard.agreement import same_top_class
 from tests.conftest import Backend, BackendFactory
-from tests.router_guard.real import (
+from tests.router.guard.real import (
     AUTH,
     ROUTE,
     SALT,

@@ -12,8 +12,7 @@ import yaml
 from analysis.registry import RegistryError, load_registry
 from router.__main__ import main as router_main
 from serving import fleet
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
 
 
 def demo_registry_with_a_baseline(folder: Path) -> Path:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from router.__main__ import main
-from tests.router_guard.inprocess import guarded_registry, write_yaml
+from tests.router.guard.inprocess import guarded_registry, write_yaml
+from tests.support import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 PROBLEM = "experiments.sentiment.slo: required with a ramp"
 
 

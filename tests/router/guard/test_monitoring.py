@@ -8,7 +8,6 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,9 +17,9 @@ from prometheus_client import CollectorRegistry
 from router.guard.engine import Guard
 from router.guard.metrics import SloMetrics
 from router.records.metrics import RouterMetrics
-from tests.router_slo.simulation import registry
+from tests.router.guard.simulation import registry
+from tests.support import REPO
 
-REPO = Path(__file__).resolve().parent.parent.parent
 MONITORING = REPO / "monitoring"
 ALERTS = MONITORING / "prometheus" / "alerts.yml"
 DASHBOARD = MONITORING / "grafana" / "paddle-ab-router.json"

@@ -8,16 +8,15 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from tests.router.fakes import url_of
-from tests.router.harness import exposures, metric, unit_in
-from tests.router_guard.conftest import Fakes
-from tests.router_guard.inprocess import (
+from tests.router.fakes import Fakes, url_of
+from tests.router.guard.inprocess import (
     AUTH,
     TOKEN,
     Guarded,
     guarded_registry,
     start_guarded,
 )
+from tests.router.harness import exposures, metric, unit_in
 
 pytestmark = pytest.mark.asyncio
 

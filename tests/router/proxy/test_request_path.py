@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-import pytest_asyncio
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from router.app import EVENT_LOGS, OBSERVER, SHADOW_LISTENER
 from router.records.exposure import EXPOSURE_FIELDS
-from tests.router.fakes import FakePipeline, closed_port_url, start_fake, url_of
+from tests.router.fakes import Fakes, closed_port_url, url_of
 from tests.router.harness import (
     DEMO_BODY,
     FastPathTestServer,
@@ -40,17 +38,6 @@ def aiohttp_client(request: pytest.FixtureRequest, aiohttp_client: Any) -> Any:
         return await aiohttp_client(FastPathTestServer(app), **kwargs)
 
     return through_fast_path
-
-
-Fakes = dict[str, tuple[FakePipeline, TestServer]]
-
-
-@pytest_asyncio.fixture
-async def fakes() -> AsyncIterator[Fakes]:
-    started = {name: await start_fake(name) for name in ("v1", "v2", "v2b")}
-    yield started
-    for _, server in started.values():
-        await server.close()
 
 
 class Recorder:

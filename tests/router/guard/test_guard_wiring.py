@@ -17,10 +17,8 @@ import router.proxy.handler
 from router.guard.runtime import GuardRuntime, GuardSetup
 from router.records.jsonl import JsonlWriter, single_file
 from router.registry.loading import parse_config
-from tests.router.fakes import url_of
-from tests.router.harness import metric, unit_in
-from tests.router_guard.conftest import Fakes
-from tests.router_guard.inprocess import (
+from tests.router.fakes import Fakes, url_of
+from tests.router.guard.inprocess import (
     AUTH,
     FAST_SLO,
     drive,
@@ -29,6 +27,7 @@ from tests.router_guard.inprocess import (
     slow,
     start_guarded,
 )
+from tests.router.harness import metric, unit_in
 from tests.support import eventually
 
 pytestmark = pytest.mark.asyncio

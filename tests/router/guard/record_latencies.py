@@ -2,7 +2,7 @@
 
 Not a test: run it by hand to refresh tests/data/slo_latencies_recorded.json.
 
-    .venv/bin/python -m tests.router_slo.record_latencies \
+    .venv/bin/python -m tests.router.guard.record_latencies \
         --model build/test-models/<key>/sentiment_v1 [--requests 6000] [--concurrency 4]
 
 It starts one CPU pipeline server on the bundle, sends real reviews from several client threads
@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 from serving.launcher import free_port, post_json, start_server
-from tests.support import demo_request
+from tests.support import DATA, demo_request
 
-OUT = Path(__file__).resolve().parent.parent / "data" / "slo_latencies_recorded.json"
+OUT = DATA / "slo_latencies_recorded.json"
 
 
 def main() -> None:
@@ -61,7 +61,7 @@ def main() -> None:
         json.dumps(
             {
                 "source": (
-                    f"tests/router_slo/record_latencies.py: {len(latencies)} requests to one "
+                    f"tests/router/guard/record_latencies.py: {len(latencies)} requests to one "
                     f"Paddle Serving 0.9.0 CPU pipeline server ({args.model.name}), "
                     f"{args.concurrency} client threads, 2-core shared machine"
                 ),

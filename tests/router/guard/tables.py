@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Optional
 
 from router.guard.rollout import Policy, RampPlan
 from router.guard.slo import CheckResult, SloThresholds, WindowStats
-
-DATA = Path(__file__).resolve().parent.parent / "data"
+from tests.support import DATA
 
 
 def load_cases(name: str) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from router.guard.slo import (
     histogram_quantile,
     latency_bin,
 )
-from tests.router_slo.tables import DATA
+from tests.support import DATA
 
 TOLERANCE = 0.05  # the bar: within 5% of the exact p99
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from router.guard.slo import CheckResult, SloThresholds, WindowStats, evaluate, worst
-from tests.router_slo.tables import case_id, load_cases, stats_from, thresholds_from
+from tests.router.guard.tables import case_id, load_cases, stats_from, thresholds_from
 
 CASES = load_cases("slo_checks.json")
 

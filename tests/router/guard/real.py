@@ -17,8 +17,8 @@ import aiohttp
 
 from router.experiment.assign import bucket
 from tests.router.data import merge_patch
+from tests.router.guard.inprocess import read_jsonl, write_yaml
 from tests.router.router_process import RouterProcess, start_router
-from tests.router_guard.inprocess import read_jsonl, write_yaml
 from tests.support import demo_request, eventually
 
 TOKEN_ENV = "GUARD_IT_ADMIN_TOKEN"

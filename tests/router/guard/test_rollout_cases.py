@@ -16,7 +16,7 @@ from router.guard.rollout import (
     on_check,
     on_config,
 )
-from tests.router_slo.tables import case_id, check_result, load_cases, policy_from
+from tests.router.guard.tables import case_id, check_result, load_cases, policy_from
 
 CASES = load_cases("rollout_cases.json")
 EXPERIMENT = "sentiment"

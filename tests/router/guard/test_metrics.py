@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from router.guard.engine import Guard
 from router.guard.metrics import SloMetrics
-from tests.router_slo.simulation import registry
+from tests.router.guard.simulation import registry
 
 T0 = 1_800_000_000.0
 SLO = {"interval": "1s", "window": "5s", "min_samples": 20, "failed_checks": 1, "p99_ms": 100,
