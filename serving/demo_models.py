@@ -1,4 +1,4 @@
-"""The two demo sentiment models: the article's network, trained in two versions.
+"""The two demo sentiment models: one small network, trained in two versions.
 
 The task is `serving.synthetic`'s. `legacy_v1` is trained briefly on reviews without
 negations, so it misreads "not good"; `paddle_new_v2` sees negations and trains longer.
@@ -48,7 +48,7 @@ HELD_OUT_SEED = 2026
 
 
 class SentimentModel(paddle.nn.Layer):  # type: ignore[misc]
-    """The article's model: Embedding -> 2-layer LSTM -> Linear on the last step -> softmax."""
+    """The demo model: Embedding -> 2-layer LSTM -> Linear on the last step -> softmax."""
 
     def __init__(self, hidden: int) -> None:
         super().__init__()

@@ -10,13 +10,13 @@ connection's reply callback. Every other case (no idle connection, a failure to 
 back from, a shadow copy) goes on in a Task through `_serve`. Both the backend request and the
 answer go out before the bookkeeping around them: on this path, Python work done before the
 send or the answer adds to the latency several times over, and the same work after it hardly
-(docs/router.md, "Benchmark").
+(docs/benchmarks.md).
 
 Whatever the answer does not need waits: the metrics, the guard's view of each backend call and the exposure record are batched
 and run RECORD_DELAY_S later, off the user's latency (in front of a model that takes
 milliseconds, while the router waits for the next answer). `settle()` runs them now; a /metrics
 scrape and shutdown do. On this path every Python step counts: code that runs right after an
-idle wait runs several times slower than back to back (docs/router.md, "Benchmark").
+idle wait runs several times slower than back to back (docs/benchmarks.md).
 
 Per request: find the experiment by path, read the unit id, assign an arm, POST the body as
 received to that arm's backend. If the treatment fails and the experiment falls back to control,
@@ -118,7 +118,7 @@ class _Exchange:
     )  # fmt: skip
 
     # Made empty and filled once the backend call is out (`fill`): every step before the
-    # send adds to the latency, the same steps after it hardly (docs/router.md, "Benchmark").
+    # send adds to the latency, the same steps after it hardly (docs/benchmarks.md).
     admission: _Admission
     respond: Optional[Respond]  # None once answered
     attempt: Optional[Attempt]

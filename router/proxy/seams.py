@@ -1,4 +1,4 @@
-"""The seams where the SLO guard and the ramp (issue 4) plug into the request path.
+"""The seams where the SLO guard and the ramp plug into the request path.
 
 - `RequestObserver.observe` is called after every backend call of the request path with the arm
   that was called, its latency and whether it answered well. A treatment failure hidden by a

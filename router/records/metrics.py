@@ -7,7 +7,7 @@ time by collectors, so they can never drift from what the router actually does.
 The per-request counts and latencies are `Tally` and `TallyHistogram`: plain numbers in a dict,
 turned into Prometheus families by prometheus_client at scrape time. A prometheus_client
 `Counter.inc` plus `Histogram.observe` cost about 60 bytecode instructions and a lock each, and
-the router makes five per request: a fifth of its Python work (docs/router.md, "Benchmark").
+the router makes five per request: a fifth of its Python work (docs/benchmarks.md).
 """
 
 from __future__ import annotations

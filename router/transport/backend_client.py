@@ -192,7 +192,7 @@ class Connection(asyncio.Protocol):
         except (RuntimeError, OSError):  # closed, and connection_lost not yet delivered
             raise StaleConnection("connection closed before the request went out") from None
         # The reply can only come from a later turn of the loop; the request goes out first
-        # because every step before it adds to the latency (docs/router.md, "Benchmark").
+        # because every step before it adds to the latency (docs/benchmarks.md).
         self._deliver = deliver
         self._received = self._headers_done = self.keep_alive = False
         self._head, self._body, self._size = [], [], 0

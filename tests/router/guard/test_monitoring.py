@@ -25,7 +25,7 @@ ALERTS = MONITORING / "prometheus" / "alerts.yml"
 DASHBOARD = MONITORING / "grafana" / "paddle-ab-router.json"
 METRIC_NAME = re.compile(r"\brouter_[a-z0-9_]+\b")
 
-# The contract (issue 3 and 4): metric families the router exports.
+# The metric families the router exports: a contract with the dashboard and alert rules.
 CONTRACT = {
     "router_requests_total",
     "router_request_duration_seconds",
