@@ -10,6 +10,7 @@ are not clamped.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
@@ -83,6 +84,12 @@ NonNegativeInt = Annotated[int, BeforeValidator(_reject_bool), Field(ge=0)]
 Probability = Annotated[float, BeforeValidator(_reject_bool), Field(gt=0, lt=1)]
 
 
+def _refuse_repeats(what: str, values: Sequence[str]) -> None:
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{what}listed twice: {', '.join(repeated)}")
+
+
 class Frozen(BaseModel):
     model_config = ConfigDict(
         frozen=True, extra="forbid", populate_by_name=True, coerce_numbers_to_str=True
@@ -132,9 +139,7 @@ class BackendConfig(Frozen):
     @field_validator("endpoints")
     @classmethod
     def _unique_endpoints(cls, endpoints: tuple[str, ...]) -> tuple[str, ...]:
-        duplicates = sorted({e for e in endpoints if endpoints.count(e) > 1})
-        if duplicates:
-            raise ValueError(f"listed twice: {', '.join(duplicates)}")
+        _refuse_repeats("", endpoints)
         return endpoints
 
 
@@ -210,10 +215,8 @@ class AnalysisPlan(Frozen):
 
     @model_validator(mode="after")
     def _metrics_named_once(self) -> AnalysisPlan:
-        names = [m.metric for m in (self.primary, *self.secondary, *self.guardrails)]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"metric listed twice: {', '.join(repeated)}")
+        metrics = [m.metric for m in (self.primary, *self.secondary, *self.guardrails)]
+        _refuse_repeats("metric ", metrics)
         return self
 
 
