@@ -152,7 +152,7 @@ def write_report_files(report: Report, out: Path) -> list[Path]:
     written, plots = [], {}
     for trend in report.trends:
         name = plot_file_name(trend)
-        written.append(plot_trend(trend, report.control, out / name))
+        written.append(plot_trend(trend, report.control, out / name, report.period))
         plots[plot_key(trend)] = name
     doc = build_document(report, full=True, plots=plots)
     for name, text in (

@@ -200,45 +200,36 @@ class _Run:
     def _load_outcomes(self, bucket: str) -> dict[str, int]:
         """Outcomes worth counting, once each: bad values and repeats are dropped and counted.
 
-        Read as raw objects, because a typed reader cannot tell `"value": null` (a bad value)
-        from no `value` at all (one occurrence). A value must be a finite JSON number; a record
-        with the same `event_id` for the same unit and metric as an earlier one is a repeat
-        (a client's retry), and so is, without `event_id`, a record identical in ts, unit,
-        metric and value (a log shipper's second delivery). The earliest copy counts.
+        A value must be a finite JSON number; a record without `value` is one occurrence. A
+        record with the same `event_id` for the same unit and metric as an earlier one is a
+        repeat (a client's retry), and so is, without `event_id`, a record identical in ts,
+        unit, metric and value (a log shipper's second delivery). The earliest copy counts.
         """
-        fields = (
-            '{"ts": "VARCHAR", "unit": "VARCHAR", "metric": "VARCHAR", "value": "JSON", '
-            '"experiment": "VARCHAR", "event_id": "VARCHAR"}'
-        )
+        columns = {
+            "ts": "TIMESTAMPTZ", "unit": "VARCHAR", "metric": "VARCHAR", "value": "JSON",
+            "experiment": "VARCHAR", "event_id": "VARCHAR",
+        }  # fmt: skip
         self.con.execute(
             f"""
             CREATE TEMP TABLE outcome_raw AS
-            WITH parsed AS (
-                SELECT coalesce(json_type(json) = 'OBJECT', false) AS readable,
-                       json_transform(json, {_literal(fields)}) AS r
-                FROM {self._object_reader(self.logs.outcomes)}
-            ), typed AS (
-                SELECT readable, TRY_CAST(r.ts AS TIMESTAMPTZ) AS ts, r.unit AS unit,
-                       r.metric AS metric, r.event_id AS event_id, r.experiment AS experiment,
-                       CASE WHEN r.value IS NULL THEN 1.0
-                            WHEN json_type(r.value) IN ('BIGINT', 'UBIGINT', 'DOUBLE')
-                            THEN TRY_CAST(r.value AS DOUBLE) END AS value
-                FROM parsed
-            )
-            SELECT readable, ts, unit, metric, event_id,
-                   CASE WHEN isfinite(value) THEN value END AS value
-            FROM typed
-            WHERE NOT readable OR experiment IS NULL OR experiment = $experiment
+            SELECT ts, unit, metric, event_id, filename,
+                   ts IS NOT NULL AND unit IS NOT NULL AND metric IS NOT NULL AS usable,
+                   value IS NULL AS no_value,
+                   CASE WHEN value IS NULL THEN 1.0
+                        WHEN json_type(value) IN ('BIGINT', 'UBIGINT', 'DOUBLE')
+                        THEN TRY_CAST(value AS DOUBLE) END AS value
+            FROM {self._reader(self.logs.outcomes, columns, filename=True)}
+            WHERE experiment IS NULL OR experiment = $experiment
             """,
             {"experiment": self.experiment, "files": _paths(self.logs.outcomes)},
         )
+        self._mark_null_values()
         self.con.execute(
             """
             CREATE TEMP TABLE outcome_rows AS
             SELECT min(ts) AS ts, unit, metric, arg_min(value, ts) AS value, count(*) AS copies
             FROM outcome_raw
-            WHERE ts IS NOT NULL AND unit IS NOT NULL AND metric IS NOT NULL
-                  AND value IS NOT NULL
+            WHERE usable AND isfinite(value)
             GROUP BY unit, metric, event_id,
                      CASE WHEN event_id IS NULL THEN ts END,
                      CASE WHEN event_id IS NULL THEN value END
@@ -256,11 +247,8 @@ class _Run:
         )
         raw = self.con.execute(
             """
-            SELECT count(*) FILTER (WHERE NOT readable),
-                   count(*) FILTER (WHERE readable AND
-                                    (ts IS NULL OR unit IS NULL OR metric IS NULL)),
-                   count(*) FILTER (WHERE ts IS NOT NULL AND unit IS NOT NULL
-                                    AND metric IS NOT NULL AND value IS NULL)
+            SELECT count(*) FILTER (WHERE NOT usable),
+                   count(*) FILTER (WHERE usable AND NOT coalesce(isfinite(value), false))
             FROM outcome_raw
             """
         ).fetchone()
@@ -274,10 +262,10 @@ class _Run:
             """
         ).fetchone()
         assert raw is not None and row is not None
-        unreadable, incomplete, bad_values = (int(v) for v in raw)
+        unreadable, bad_values = (int(v) for v in raw)
         records, repeats, used, before, unknown = (int(v) for v in row)
         return {
-            "unreadable": unreadable + incomplete,
+            "unreadable": unreadable,
             "outcome_records": records + bad_values,
             "bad_values": bad_values,
             "duplicate_outcomes": repeats,
@@ -286,22 +274,51 @@ class _Run:
             "outcomes_unknown_unit": unknown,
         }
 
-    def _object_reader(self, files: Sequence[Path]) -> str:
+    def _mark_null_values(self) -> None:
+        """`"value": null` is a bad value, but a typed reader reads it as no value at all (one
+        occurrence). Records without a value are rare (the router always writes one), so only
+        the files holding some are read again as raw objects to tell the two apart."""
+        files = [
+            str(r[0])
+            for r in self.con.execute(
+                "SELECT DISTINCT filename FROM outcome_raw WHERE usable AND no_value"
+            ).fetchall()
+        ]
         if not files:
-            return "(SELECT NULL::JSON AS json WHERE false AND $files IS NOT NULL)"
-        return "read_ndjson_objects($files, ignore_errors = true, maximum_object_size = 16777216)"
+            return
+        self.con.execute(
+            """
+            CREATE TEMP TABLE null_values AS
+            SELECT DISTINCT TRY_CAST(json_extract_string(json, '$.ts') AS TIMESTAMPTZ) AS ts,
+                   json_extract_string(json, '$.unit') AS unit,
+                   json_extract_string(json, '$.metric') AS metric
+            FROM read_ndjson_objects($files, ignore_errors = true)
+            WHERE json_type(json_extract(json, '$.value')) = 'NULL'
+            """,
+            {"files": files},
+        )
+        self.con.execute(
+            """
+            UPDATE outcome_raw SET value = NULL
+            WHERE no_value AND (ts, unit, metric) IN (SELECT (ts, unit, metric) FROM null_values)
+            """
+        )
 
-    def _reader(self, files: Sequence[Path], columns: dict[str, str]) -> str:
+    def _reader(
+        self, files: Sequence[Path], columns: dict[str, str], filename: bool = False
+    ) -> str:
         if not files:
             # An empty relation of the same shape: no outcome files is a valid (empty) log.
-            fields = ", ".join(f"NULL::{kind} AS {_ident(name)}" for name, kind in columns.items())
+            shape = {**columns, **({"filename": "VARCHAR"} if filename else {})}
+            fields = ", ".join(f"NULL::{kind} AS {_ident(name)}" for name, kind in shape.items())
             return f"(SELECT {fields} WHERE false AND $files IS NOT NULL)"
         spec = ", ".join(f"{_literal(name)}: {_literal(kind)}" for name, kind in columns.items())
         # ignore_errors turns a line that is not a JSON object into a row of NULLs (counted as
         # unreadable); a field of the wrong type becomes NULL.
         return (
             f"read_json($files, format = 'newline_delimited', columns = {{{spec}}}, "
-            "ignore_errors = true, maximum_object_size = 16777216)"
+            "ignore_errors = true, maximum_object_size = 16777216"
+            + (", filename = true)" if filename else ")")
         )
 
     def _truncated_last_lines(self) -> int:

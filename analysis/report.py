@@ -31,8 +31,9 @@ from analysis.results import (
     Trend,
 )
 from analysis.segments import SegmentLift, sign_warnings
+from analysis.spending import alpha_at_end
 from analysis.srm import expected_counts, srm_test
-from analysis.stats import ArmStats, Comparison, compare, compare_strata, holm
+from analysis.stats import ArmStats, Comparison, at_level, compare, compare_strata, holm
 from analysis.stopping import COMPLETE, EARLY, RUNNING, Look, Stop, stopping_point
 from analysis.verdict import Evidence, Verdict, decide
 
@@ -102,6 +103,17 @@ def build_report(
             for t in trends
             if t.role in (PRIMARY, SECONDARY)
         }
+        if tau is not None and plan is not None:
+            # The early-stop looks before the planned end spent some of alpha (see spending.py).
+            for t in trends:
+                if primary is not None and t.metric == primary.name:
+                    level = alpha_at_end(
+                        [p.cumulative.diff_variance for p in t.points[: stop.index]],
+                        t.points[stop.index].cumulative.diff_variance,
+                        tau * tau,
+                        alpha,
+                    )
+                    at_end[(t.metric, t.arm)] = at_level(at_end[(t.metric, t.arm)], level)
     always_valid = {
         t.arm: t.points[-1].always_valid_p for t in trends if primary and t.metric == primary.name
     }
@@ -405,6 +417,7 @@ def _verdict(
             kind=primary.kind,
             direction=primary.direction,
             alpha=plan.alpha,
+            level=c.alpha,
             stage=stage,
             diff=c.diff,
             diff_ci=c.diff_ci,

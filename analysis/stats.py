@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Optional, Union
 
@@ -297,6 +297,16 @@ def _normal_intervals(c: Comparison) -> tuple[tuple[float, float], tuple[float, 
     if c.nonnegative:
         low = max(low, 0.0)
     return diff_ci, (low - 1, high - 1)
+
+
+def at_level(c: Comparison, alpha: float) -> Comparison:
+    """The same comparison tested, and its intervals drawn, at another level."""
+    critical = _z(alpha)
+    if c.kind == "mean" and not c.strata and c.diff_variance > 0:
+        se2_c, se2_t = c.control_mean_variance, c.treatment_mean_variance
+        dof = c.diff_variance**2 / (se2_t**2 / (c.treatment.n - 1) + se2_c**2 / (c.control.n - 1))
+        critical = float(scipy_stats.t.ppf(1 - alpha / 2, dof))
+    return replace(c, alpha=alpha, critical=critical)
 
 
 def fieller_interval(

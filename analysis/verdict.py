@@ -31,6 +31,8 @@ class Evidence:
     kind: str  # "proportion" or "mean": how a difference is written
     direction: Optional[str]  # "increase", "decrease" or None (any change)
     alpha: float
+    # The planned end's test level: alpha, less what the early-stop looks spent (spending.py).
+    level: float
     stage: str  # analysis.stopping: RUNNING, EARLY or COMPLETE
     diff: float
     diff_ci: tuple[float, float]
@@ -116,16 +118,16 @@ def _at_planned_end(e: Evidence) -> Verdict:
             f"{_percent(e.lift_ci[1])})"
         )
     when = f"at the planned end (data to {e.decided_at})"
-    if e.p_fixed < e.alpha:
-        line = (
-            f"VERDICT: {_outcome(e)} on {effect}; {FIXED} p = {e.p_fixed:.3g} < alpha "
-            f"{e.alpha:g} {when}."
-        )
+    level = f"alpha {e.alpha:g}"
+    if e.level < e.alpha:
+        level = f"{e.level:.4g} (alpha {e.alpha:g} less {e.alpha - e.level:.2g} for the early-stop looks)"
+    if e.p_fixed < e.level:
+        line = f"VERDICT: {_outcome(e)} on {effect}; {FIXED} p = {e.p_fixed:.3g} < {level} {when}."
         return Verdict(_code(e), line + _harmed(e), FIXED, e.p_fixed)
     return Verdict(
         "no_significant_difference",
         f"VERDICT: NO WINNER. {e.arm} vs control on {effect}: {FIXED} p = {e.p_fixed:.3g} >= "
-        f"alpha {e.alpha:g} {when}; the difference is within noise.",
+        f"{level} {when}; the difference is within noise.",
         FIXED,
         e.p_fixed,
     )

@@ -10,9 +10,13 @@
    (analysis/engine.py, which does more: segments and the daily series too), pandas over
    pyarrow's JSON reader, and polars when a Python with polars is given (--polars-python).
 
+With --baseline DIR (a directory holding another version's `analysis/` package, for example
+`git archive <commit> analysis | tar -x -C DIR`), that version's `report --json` runs too, in
+turn with this one, on the same data: a before/after comparison on a shared machine.
+
 usage: scripts/bench_analysis.sh [--exposures N] [--outcomes N] [--units N] [--days N]
                                  [--engines duckdb,pandas,polars] [--polars-python PY]
-                                 [--threads N] [--json FILE] [--regenerate]
+                                 [--baseline DIR] [--threads N] [--json FILE] [--regenerate]
 """
 
 from __future__ import annotations
@@ -35,10 +39,14 @@ GENERATOR_VERSION = "5"
 START_DAY = "2026-11-20"
 EXPERIMENT = "sentiment"
 RAMP = ((0, 10.0), (3, 50.0))  # (day, treatment traffic from that day on)
+# A registry the router itself accepts (the analysis reads it through the router's schema).
 REGISTRY = """\
 router:
   attributes: {{city: X-City, device: X-Device, app_version: X-App-Version}}
   log_dir: {log_dir}
+backends:
+  sentiment-v1: {{endpoints: ["http://127.0.0.1:18080"], version: legacy_v1}}
+  sentiment-v2: {{endpoints: ["http://127.0.0.1:18081"], version: paddle_new_v2}}
 experiments:
   sentiment:
     route: /sentiment/prediction
@@ -47,6 +55,7 @@ experiments:
     treatment: sentiment-v2
     traffic: 50
     ramp: {{steps: [10, 50], every: 1d}}
+    slo: {{p99_ms: 200, error_rate: 0.01}}
     analysis:
       registered_at: 2026-11-19
       primary: {{metric: conversion, type: proportion, direction: increase, mde: 0.005}}
@@ -76,6 +85,7 @@ class Run:
     what: str
     command: list[str]
     note: str
+    cwd: Path = REPO  # `python -m analysis` imports the package found here
 
 
 def round_robin(
@@ -90,7 +100,7 @@ def round_robin(
     for _ in range(repeat):
         for run in runs:
             loads.setdefault(run.what, os.getloadavg()[0])
-            measured, stdout[run.what] = measure(run.what, run.command, run.note)
+            measured, stdout[run.what] = measure(run.what, run.command, run.note, run.cwd)
             seen[run.what].append(measured)
             progress.update()
     results = []
@@ -252,11 +262,13 @@ def _day(offset: int) -> str:
 # --- measuring -------------------------------------------------------------------------------
 
 
-def measure(what: str, command: list[str], note: str = "") -> tuple[Measurement, str]:
+def measure(
+    what: str, command: list[str], note: str = "", cwd: Path = REPO
+) -> tuple[Measurement, str]:
     """Run `command`, returning wall time, the child's peak RSS and its stdout."""
     started = time.perf_counter()
     with tempfile.TemporaryFile() as out:
-        process = subprocess.Popen(command, cwd=REPO, stdout=out)
+        process = subprocess.Popen(command, cwd=cwd, stdout=out)
         _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - started
         out.seek(0)
@@ -273,11 +285,16 @@ def report_commands(data: Path, args: argparse.Namespace) -> list[Run]:
     base = [python, "-m", "analysis", "report", "--config", str(data / "experiments.yaml")]
     if args.threads:
         base += ["--threads", str(args.threads)]
-    return [
+    runs = [
         Run("report --json", [*base, "--json"], "the whole analysis"),
         Run("report --out", [*base, "--out", str(data / "report")],
             "plus Markdown, HTML and PNG plots"),
     ]  # fmt: skip
+    if args.baseline:
+        baseline = Path(args.baseline).resolve()
+        runs.insert(1, Run("baseline --json", [*base, "--json"], f"the analysis in {baseline}",
+                           baseline))  # fmt: skip
+    return runs
 
 
 def engine_commands(data: Path, args: argparse.Namespace) -> list[Run]:
@@ -446,6 +463,8 @@ def main() -> int:
     parser.add_argument("--engines", type=lambda s: [e for e in s.split(",") if e], default=[],
                         help="also time the core in these engines: duckdb,pandas,polars")  # fmt: skip
     parser.add_argument("--polars-python", help="a Python with polars installed (not a dependency)")
+    parser.add_argument("--baseline", type=Path,
+                        help="a directory with another version's analysis/ to time beside this one")  # fmt: skip
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs of each measurement; the table shows the best and median")  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the measurements here")
@@ -464,6 +483,8 @@ def main() -> int:
     if not data.exists():
         data.parent.mkdir(parents=True, exist_ok=True)
         generated = generate(data, args)
+    # Written on every run: the logs are cached, the registry follows the schema of the day.
+    (data / "experiments.yaml").write_text(REGISTRY.format(log_dir="logs"))
     size = sum(p.stat().st_size for p in (data / "logs").iterdir()) / 1e9
     print(f"data: {data} ({size:.2f} GB; {args.exposures:,} exposures, {args.outcomes:,} outcomes"
           + (f", generated in {generated:.0f} s)" if generated else ", cached)"))  # fmt: skip
@@ -481,6 +502,9 @@ def main() -> int:
     print(table(measurements))
     print()
     print(f"cores: {os.cpu_count()}; verdict: {report['verdict'][0]['line']}")
+    if "baseline --json" in stdout:
+        before = json.loads(stdout["baseline --json"])
+        print(f"baseline verdict: {before['verdict'][0]['line']}")
     print(f"units: {report['run']['units']}; SRM p = {report['srm']['p_value']:.3g}")
     if args.json:
         args.json.write_text(json.dumps({

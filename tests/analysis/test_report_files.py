@@ -121,7 +121,7 @@ def test_aa_through_the_files_equals_the_vectorized_computation(
     exposures, outcomes, expected = [], [], {}
     for k in range(4):
         name = f"aa{k}"
-        base["experiments"][name] = copy.deepcopy(template)
+        base["experiments"][name] = {**copy.deepcopy(template), "route": f"/{name}/prediction"}
         arm = rng.random(units) < 0.5
         day = rng.integers(0, days, units)
         converted = rng.random(units) < 0.08
@@ -233,19 +233,21 @@ def test_multi_arm_and_shadow_experiments(
 ) -> None:
     raw = registry(Path("logs"))
     body = raw["experiments"]["sentiment"]
+    # A shadow experiment has two arms (everyone gets control) and its own route.
+    shadowed = {**copy.deepcopy(body), "mode": "shadow", "route": "/shadowed/prediction"}
     del body["traffic"], body["control"], body["treatment"]
     body["variants"] = [
         {"name": "legacy", "backend": "sentiment-v1", "weight": 50},
         {"name": "new", "backend": "sentiment-v2", "weight": 25},
         {"name": "newer", "backend": "sentiment-v2", "weight": 25},
     ]
-    raw["experiments"]["shadowed"] = {**copy.deepcopy(body), "mode": "shadow"}
+    raw["experiments"]["shadowed"] = shadowed
     exposures, outcomes = [], []
     for u in range(400):
         arm = ("legacy", "legacy", "new", "newer")[u % 4]
         moment = START + timedelta(minutes=u)
         exposures.append(exposure(moment, f"m{u}", arm))
-        exposures.append(exposure(moment, f"s{u}", "legacy", experiment="shadowed"))
+        exposures.append(exposure(moment, f"s{u}", "control", experiment="shadowed"))
         if u % 5 == 0 or (arm == "newer" and u % 2 == 0):
             outcomes.append(outcome(moment + timedelta(seconds=5), f"m{u}", "conversion"))
     write_daily(tmp_path / "logs", "exposures", exposures)
