@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -78,13 +79,20 @@ def trend_figure(trend: Trend, control: str, period: str = "day") -> Figure:
         color=TREATMENT_COLOR, ecolor=TREATMENT_COLOR, alpha=0.8, capsize=3,
         label=f"lift of the {period}, with interval",
     )  # fmt: skip
+    # Scaled to the cumulative band and the daily estimates: the daily intervals of small
+    # periods can be many times wider, and would flatten everything else (they are cut off).
+    shown = np.concatenate([cumulative[1], cumulative[2], daily[0]])
+    shown = shown[np.isfinite(shown)]
+    if shown.size:
+        low, high = float(shown.min()), float(shown.max())
+        pad = max(high - low, 1.0) * 0.15
+        bottom.set_ylim(min(low, 0.0) - pad, max(high, 0.0) + pad)
     bottom.set_ylabel(f"lift of {trend.arm} vs {control} (%)")
     bottom.legend(loc="best", frameon=False, fontsize=9)
     bottom.grid(alpha=0.3)
     step = max(1, len(starts) // 10)
     bottom.set_xticks(x[::step])
-    label = "%m-%d" if period == "day" else "%m-%d %H:00"
-    bottom.set_xticklabels([d.strftime(label) for d in starts][::step])
+    bottom.set_xticklabels(_tick_labels(starts[::step], period))
     bottom.set_xlabel(f"{period} (UTC)")
 
     title = f"{trend.metric}: {trend.arm} vs {control}"
@@ -94,6 +102,18 @@ def trend_figure(trend: Trend, control: str, period: str = "day") -> Figure:
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def _tick_labels(starts: list[date], period: str) -> list[str]:
+    """Days as 11-20; hours as 14:00, with the date under the first hour of each day shown."""
+    if period == "day":
+        return [d.strftime("%m-%d") for d in starts]
+    labels, seen = [], None
+    for start in starts:
+        day = start.strftime("%m-%d")
+        labels.append(start.strftime("%H:00") + ("" if day == seen else f"\n{day}"))
+        seen = day
+    return labels
 
 
 def _lifts(comparisons: list[Comparison]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
