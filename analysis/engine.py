@@ -212,13 +212,13 @@ class _Run:
         self.con.execute(
             f"""
             CREATE TEMP TABLE outcome_raw AS
-            SELECT ts, unit, metric, event_id, filename,
+            SELECT ts, unit, metric, event_id,
                    ts IS NOT NULL AND unit IS NOT NULL AND metric IS NOT NULL AS usable,
                    value IS NULL AS no_value,
                    CASE WHEN value IS NULL THEN 1.0
                         WHEN json_type(value) IN ('BIGINT', 'UBIGINT', 'DOUBLE')
                         THEN TRY_CAST(value AS DOUBLE) END AS value
-            FROM {self._reader(self.logs.outcomes, columns, filename=True)}
+            FROM {self._reader(self.logs.outcomes, columns)}
             WHERE experiment IS NULL OR experiment = $experiment
             """,
             {"experiment": self.experiment, "files": _paths(self.logs.outcomes)},
@@ -277,14 +277,11 @@ class _Run:
     def _mark_null_values(self) -> None:
         """`"value": null` is a bad value, but a typed reader reads it as no value at all (one
         occurrence). Records without a value are rare (the router always writes one), so only
-        the files holding some are read again as raw objects to tell the two apart."""
-        files = [
-            str(r[0])
-            for r in self.con.execute(
-                "SELECT DISTINCT filename FROM outcome_raw WHERE usable AND no_value"
-            ).fetchall()
-        ]
-        if not files:
+        when there are some are the outcome files read again as raw objects to tell the two
+        apart."""
+        row = self.con.execute("SELECT count(*) FROM outcome_raw WHERE usable AND no_value")
+        found = row.fetchone()
+        if not found or not found[0]:
             return
         self.con.execute(
             """
@@ -295,7 +292,7 @@ class _Run:
             FROM read_ndjson_objects($files, ignore_errors = true)
             WHERE json_type(json_extract(json, '$.value')) = 'NULL'
             """,
-            {"files": files},
+            {"files": _paths(self.logs.outcomes)},
         )
         self.con.execute(
             """
@@ -304,21 +301,17 @@ class _Run:
             """
         )
 
-    def _reader(
-        self, files: Sequence[Path], columns: dict[str, str], filename: bool = False
-    ) -> str:
+    def _reader(self, files: Sequence[Path], columns: dict[str, str]) -> str:
         if not files:
             # An empty relation of the same shape: no outcome files is a valid (empty) log.
-            shape = {**columns, **({"filename": "VARCHAR"} if filename else {})}
-            fields = ", ".join(f"NULL::{kind} AS {_ident(name)}" for name, kind in shape.items())
+            fields = ", ".join(f"NULL::{kind} AS {_ident(name)}" for name, kind in columns.items())
             return f"(SELECT {fields} WHERE false AND $files IS NOT NULL)"
         spec = ", ".join(f"{_literal(name)}: {_literal(kind)}" for name, kind in columns.items())
         # ignore_errors turns a line that is not a JSON object into a row of NULLs (counted as
         # unreadable); a field of the wrong type becomes NULL.
         return (
             f"read_json($files, format = 'newline_delimited', columns = {{{spec}}}, "
-            "ignore_errors = true, maximum_object_size = 16777216"
-            + (", filename = true)" if filename else ")")
+            "ignore_errors = true, maximum_object_size = 16777216)"
         )
 
     def _truncated_last_lines(self) -> int:
