@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     size = commands.add_parser(
         "samplesize",
         help="units per arm (and days) to detect an effect on a proportion",
-        description="Units per arm for a two-sided two-proportion test (the article's formula), "
+        description="Units per arm for a two-sided two-proportion test (the standard two-proportion formula), "
         "checked against statsmodels' power tools.",
     )
     size.add_argument("--baseline", type=float, required=True, help="control rate, e.g. 0.05")
@@ -192,7 +192,7 @@ def _samplesize(args: argparse.Namespace) -> int:
     print(
         f"  to tell {effect.baseline:.4g} from {effect.target:.4g} "
         f"(absolute effect {effect.delta:+.4g}, relative {effect.delta / effect.baseline:+.2%}), "
-        f"two-sided alpha {args.alpha:g}, power {args.power:g}; the article's formula"
+        f"two-sided alpha {args.alpha:g}, power {args.power:g}; the standard two-proportion formula"
     )
     print(f"  statsmodels NormalIndPower (Cohen's h) check: {check:,.0f} per arm")
     if days is not None:

@@ -40,7 +40,7 @@ def plan_sample_size(
             n = units_per_arm_proportion(effect, plan.alpha, plan.power)
             return (
                 n,
-                f"article's formula, baseline {baseline:.4g} ({source}), mde {mde_text(primary)}",
+                f"standard two-proportion formula, baseline {baseline:.4g} ({source}), mde {mde_text(primary)}",
             )
         sd = math.sqrt(control.variance)
         n = units_per_arm_mean(sd, effect.delta, plan.alpha, plan.power)

@@ -1,6 +1,6 @@
 """Sample size per arm for a two-sided test between two equal arms (pure).
 
-`units_per_arm_proportion` is the article's formula,
+`units_per_arm_proportion` is the standard two-proportion formula,
 
     n = (z_{1-alpha/2} sqrt(2 p(1-p)) + z_{power} sqrt(p1(1-p1) + p2(1-p2)))^2 / delta^2
 

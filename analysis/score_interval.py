@@ -12,7 +12,7 @@ interval leaves out 0 (1) exactly when the pooled z-test rejects. No small-sampl
 (that would break this agreement).
 
 Why not statsmodels' `confint_proportions_2indep(method="score")`: its constrained estimate for
-the difference uses a count where a sample size belongs (statsmodels issue 10269), which moves
+the difference uses a count where a sample size belongs (statsmodels bug #10269), which moves
 the bounds by up to about 1e-3 at a few hundred units per arm; and its root search fails on
 arms with no events or only events. Here the constrained estimate is the root of the score
 equation written out as a polynomial, and the bounds come from a bracketed root search.

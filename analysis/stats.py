@@ -7,7 +7,7 @@ report over ten million exposures and a unit test over ten units go through the 
 Every interval agrees with the test printed beside it: it leaves out "no difference" exactly
 when that test's p < alpha.
 
-- proportion: the pooled two-proportion z-test (statsmodels `proportions_ztest`, the article's
+- proportion: the pooled two-proportion z-test (statsmodels `proportions_ztest`, the standard
   test), with score intervals for the difference and the ratio (`analysis.score_interval`),
   which invert that same test.
 - mean: Welch's t-test (scipy `ttest_ind_from_stats`) with the Welch-Satterthwaite interval

@@ -39,7 +39,7 @@ BASELINE, UNITS_PER_DAY, ALPHA = 0.10, 1_000, 0.05
 PLAN_DAY, REREADS = 4, 14
 DAYS = PLAN_DAY + REREADS
 START = datetime(2026, 11, 20, tzinfo=timezone.utc)
-# 0.021 absolute needs 3,498 units per arm (the article's formula): reached on day 4, not 3.
+# 0.021 absolute needs 3,498 units per arm (the standard two-proportion formula): reached on day 4, not 3.
 PLAN = AnalysisPlan(
     primary=MetricPlan(
         metric="conversion", type="proportion", direction="increase", mde=0.021, baseline=BASELINE

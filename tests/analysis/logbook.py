@@ -1,4 +1,4 @@
-"""Writing logs in the contract's format (SPEC.md, "Event log records") for the analysis tests."""
+"""Writing logs in the router's record formats (docs/router.md, "Logs") for the analysis tests."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def registry(
     experiment: str = "sentiment",
     extra: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
-    """A registry in the shape of SPEC.md's example, with the router's own sections filled in."""
+    """A registry in the shape of the demo's `experiments.yaml`, valid for the router too."""
     plan = analysis if analysis is not None else {
         "registered_at": "2026-11-19",
         "primary": {"metric": "conversion", "type": "proportion", "direction": "increase",

@@ -1,4 +1,4 @@
-"""Sample size: the article's formula, statsmodels' power tools, and the `samplesize` command."""
+"""Sample size: the standard two-proportion formula, statsmodels' power tools, and the `samplesize` command."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ CASES = table("analysis_samplesize.json")
 
 
 @pytest.mark.parametrize("case", CASES["cases"], ids=str)
-def test_article_formula(case: dict[str, Any]) -> None:
+def test_standard_formula(case: dict[str, Any]) -> None:
     effect = Effect.of(case["baseline"], case["mde"], case["relative"])
     n = units_per_arm_proportion(effect, case["alpha"], case["power"])
     assert n == case["per_arm"]
@@ -46,7 +46,7 @@ def test_mean_sample_size_matches_statsmodels_for_a_standardized_effect() -> Non
     assert units_per_arm_mean(sd=10.0, delta=1.0) == pytest.approx(expected, abs=1)
 
 
-def test_samplesize_command_prints_the_article_number(capsys: pytest.CaptureFixture[str]) -> None:
+def test_samplesize_command_prints_the_standard_number(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["samplesize", "--baseline", "0.05", "--mde", "0.005"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("31,234 units per arm (62,468 in total)")
