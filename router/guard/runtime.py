@@ -1,6 +1,7 @@
 """The SLO guard inside the running router: its checks, decision records and saved state.
 
-`router.guard.engine.Guard` is pure logic (no clock loop, files or aiohttp). `GuardRuntime` runs it:
+`router.guard.engine.Guard` is pure logic (no clock loop, files or aiohttp). `GuardRuntime`
+runs it:
 
 - a background task calls `guard.tick()` whenever a check is due (and at least every second),
   writes each decision to decisions.jsonl, counts it in `router_decisions_total`, and saves the
@@ -146,7 +147,7 @@ class GuardRuntime:
             **self.guard.describe(experiment),
         }
 
-    # --- reloads (router.proxy.seams.ReloadHook) -----------------------------------------------------
+    # --- reloads (router.proxy.seams.ReloadHook) ---------------------------------------------
 
     def on_reload(self, old: RouterConfig, new: RouterConfig) -> list[DecisionRecord]:
         """The guard's decisions for a reloaded registry; the task saves the changed states."""
@@ -156,7 +157,7 @@ class GuardRuntime:
             self._wake.set()
         return [decision.to_record() for decision in decisions]
 
-    # --- shadow copies (router.proxy.seams.ShadowListener) -------------------------------------------
+    # --- shadow copies (router.proxy.seams.ShadowListener) -----------------------------------
 
     def shadow_answered(
         self,

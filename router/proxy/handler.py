@@ -1,8 +1,9 @@
 """The request path: assign, forward unchanged, fall back, answer, log the exposure, count.
 
-`ProxyHandler.start` takes a HttpRequest and hands its HttpAnswer to a callback, whichever
-HTTP server parsed the request: the fast path (router.transport.http_server) for POSTs to experiment routes,
-aiohttp (`ProxyHandler.handle`, through `forward`) for the rest and in in-process tests.
+`ProxyHandler.start` takes an HttpRequest and hands its HttpAnswer to a callback, whichever
+HTTP server parsed the request: the fast path (router.transport.http_server) for POSTs to
+experiment routes, aiohttp (`ProxyHandler.handle`, through `forward`) for the rest and in
+in-process tests.
 
 The usual request runs as callbacks, with no Task, future or coroutine: the backend call goes
 out from `start` on an idle keep-alive connection, and the answer is written from that
@@ -12,8 +13,8 @@ answer go out before the bookkeeping around them: on this path, Python work done
 send or the answer adds to the latency several times over, and the same work after it hardly
 (docs/benchmarks.md).
 
-Whatever the answer does not need waits: the metrics, the guard's view of each backend call and the exposure record are batched
-and run RECORD_DELAY_S later, off the user's latency (in front of a model that takes
+Whatever the answer does not need waits: the metrics, the guard's view of each backend call and
+the exposure record are batched and run RECORD_DELAY_S later, off the user's latency (in front of a model that takes
 milliseconds, while the router waits for the next answer). `settle()` runs them now; a /metrics
 scrape and shutdown do. On this path every Python step counts: code that runs right after an
 idle wait runs several times slower than back to back (docs/benchmarks.md).
@@ -66,7 +67,7 @@ from router.proxy.upstreams import (
 from router.records.exposure import exposure_record
 from router.records.jsonl import EventLogs
 from router.records.metrics import RouterMetrics
-from router.responses import JSON, error_answer, to_response
+from router.responses import JSON, error_answer, method_not_allowed, to_response
 from router.transport.backend_client import BackendHttpError, HttpReply, StaleConnection
 from router.transport.messages import HttpAnswer, HttpRequest, Respond
 
@@ -222,12 +223,8 @@ class ProxyHandler:
         if name is None:
             return self.refuse(404, "not_found", f"no experiment or endpoint at {path}")
         if request.method != "POST":
-            return self.refuse(
-                405,
-                "method_not_allowed",
-                f"{request.method} is not allowed here; use POST",
-                {"Allow": "POST"},
-            )
+            self._metrics.http_errors.labels("method_not_allowed").inc()
+            return method_not_allowed(request.method, ["POST"])
         body = request.body
         try:
             payload = parse_json(body)

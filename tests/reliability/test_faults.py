@@ -59,9 +59,6 @@ class Background:
             lambda: sum(a.started > sent_after for a in self.answers) >= count, timeout
         )
 
-    def stop_sending(self) -> None:
-        self._stop.set()
-
     async def finish(self) -> LoadResult:
         """Sends no more; the result once every request sent has its answer."""
         self._stop.set()

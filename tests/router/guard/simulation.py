@@ -1,7 +1,7 @@
 """A closed loop of simulated users, the real assignment and the Guard, on a simulated clock.
 
-Users are assigned with router.experiment.assign at the traffic the guard says is in force; each call's
-latency and outcome come from the arm's behaviour at that moment; a failed treatment call falls
+Users are assigned with router.experiment.assign at the traffic the guard says is in force; each
+call's latency and outcome come from the arm's behaviour at that moment; a failed treatment call falls
 back to control, observed for both arms, as the router's request path does.
 """
 

@@ -1,4 +1,5 @@
-"""The router's backend client (router.transport.backend_client) against scripted servers on real sockets.
+"""The router's backend client (router.transport.backend_client) against scripted servers on
+real sockets.
 
 Each scripted server answers the n-th request it reads with the n-th reply of its script (raw
 bytes, so framing, closing and garbage are exact). Every test runs on asyncio's loop and on
