@@ -117,8 +117,27 @@ class RouterSettings(Frozen):
     admin_token_env: str = "ROUTER_ADMIN_TOKEN"
     hash_unit_ids: bool = False
     max_body_bytes: PositiveInt = 1 << 20
+    # The backend connection pool: in all, and to each endpoint.
     max_connections: PositiveInt = 1024
     max_connections_per_endpoint: PositiveInt = 256
+    # What one client may send or make the router hold or wait for (nginx's defaults where
+    # nginx has the same limit): the request line and each header field, the whole head, the
+    # number of header fields, the time to send a head and then a body, client connections
+    # open at once, answer bytes queued for a client that does not read before reading pauses,
+    # how long a refused client may still send before the connection closes (lingering close).
+    max_line_bytes: PositiveInt = 8192
+    max_head_bytes: PositiveInt = 32768
+    max_header_count: PositiveInt = 100
+    head_timeout_s: Duration = Field(60.0, alias="head_timeout")
+    body_timeout_s: Duration = Field(60.0, alias="body_timeout")
+    max_client_connections: PositiveInt = 1024
+    max_unread_answer_bytes: PositiveInt = 1 << 16
+    lingering_timeout_s: Duration = Field(5.0, alias="lingering_timeout")
+    # Each logged attribute's value, in characters.
+    max_attribute_chars: PositiveInt = 256
+    # /events takes outcomes stamped at most this long ago, or this far ahead of the clock.
+    events_max_age_s: Duration = Field(7 * 86400.0, alias="events_max_age")
+    events_max_ahead_s: Duration = Field(300.0, alias="events_max_ahead")
 
 
 # --- backends --------------------------------------------------------------------------------
