@@ -87,6 +87,7 @@ def create_app(
         config.router.log_dir,
         on_drop=lambda log, count: metrics.events_dropped.labels(log).inc(count),
         flush_interval=flush_interval,
+        on_write=lambda log, count: metrics.events_written.labels(log).inc(count),
     )
     app[METRICS] = metrics
     app[LIVE] = live

@@ -4,14 +4,26 @@ The request path only appends a dict to a deque; a writer thread serializes and 
 records to their file every `flush_interval` seconds. A full buffer or a failing disk drops
 records and counts them; it never raises into a request. `close()` writes what is left.
 
+A file only ever holds whole lines, and every record is counted once, as written or dropped:
+- a write cut short (a disk filling up in the middle of a batch) is cut back to its last whole
+  line: the records before it are written, the rest dropped, and the next batch (once there is
+  space again) starts on a fresh line;
+- a file that does not end with a newline (a router killed in the middle of a write, or a cut
+  that itself failed) gets a newline before the next record: the broken line stays for the
+  analysis to count as unreadable, and no record is glued onto it.
+
 Files: `exposures-YYYY-MM-DD.jsonl` and `outcomes-YYYY-MM-DD.jsonl` (UTC date of the record's
 `ts`: a record lives in the file of its own day) and `decisions.jsonl`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import io
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -19,7 +31,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from router.records.timestamps import utc_now_iso
 
@@ -61,12 +73,19 @@ class JsonlWriter:
         path_for: PathFor,
         *,
         on_drop: Callable[[int], None] = lambda count: None,
+        on_write: Callable[[int], None] = lambda count: None,
         flush_interval: float = 0.2,
         max_pending: int = 100_000,
         name: str = "events",
     ) -> None:
         self._path_for = path_for
         self._on_drop = on_drop
+        self._on_write = on_write
+        # Records whole in their file, and records dropped: with those pending, every record
+        # ever given to `write`. Both change under this lock (drops come from two threads).
+        self._counts_lock = threading.Lock()
+        self.written = 0
+        self.dropped = 0
         self._flush_interval = flush_interval
         self._max_pending = max_pending
         self._name = name
@@ -82,7 +101,7 @@ class JsonlWriter:
 
     def write(self, record: Record) -> None:
         if self._closed or len(self._pending) >= self._max_pending:
-            self._on_drop(1)
+            self._drop(1)
             return
         self._pending.append(record)
 
@@ -116,18 +135,34 @@ class JsonlWriter:
             try:
                 line = _ENCODER.encode(record)
             except (TypeError, ValueError) as exc:  # one bad record must not stop the writer
-                self._on_drop(1)
+                self._drop(1)
                 self._warn(f"{self._name}: dropped a record that is not JSON: {exc}")
                 continue
             by_path.setdefault(self._path_for(record), []).append(line + "\n")
         for path, lines in by_path.items():
-            try:
-                _append_text(path, "".join(lines))
-            except OSError as exc:
-                self._on_drop(len(lines))
+            # Request text may hold lone surrogates (undecodable header bytes, a JSON "\ud800"):
+            # UTF-8 cannot encode them, and `backslashreplace` writes them as the JSON escape
+            # `\udcff`. JSON text never holds a raw newline: each "\n" ends one record.
+            data = "".join(lines).encode("utf-8", "backslashreplace")
+            written, error = _append_lines(path, data)
+            if written:
+                self._wrote(written)
+            if error is not None:
+                self._drop(len(lines) - written)
                 self._warn(
-                    f"{self._name}: dropped {len(lines)} record(s): cannot write {path}: {exc}"
+                    f"{self._name}: dropped {len(lines) - written} of {len(lines)} record(s): "
+                    f"cannot write {path}: {error}"
                 )
+
+    def _wrote(self, count: int) -> None:
+        with self._counts_lock:
+            self.written += count
+        self._on_write(count)
+
+    def _drop(self, count: int) -> None:
+        with self._counts_lock:
+            self.dropped += count
+        self._on_drop(count)
 
     def _warn(self, message: str) -> None:
         # A dead disk would otherwise log five times a second.
@@ -137,16 +172,67 @@ class JsonlWriter:
             log.warning(message)
 
 
-def _append_text(path: Path, text: str) -> None:
-    # Request text may hold lone surrogates (undecodable header bytes, a JSON "\ud800"): UTF-8
-    # cannot encode them, and `backslashreplace` writes them as the JSON escape `\udcff`.
+def _append_lines(path: Path, data: bytes) -> tuple[int, Optional[OSError]]:
+    """Appends `data`, whole lines, to `path`. Returns how many of its lines are now whole in
+    the file, and the error that kept the others out (None when all of them are in)."""
     try:
-        with open(path, "a", encoding="utf-8", errors="backslashreplace") as file:
-            file.write(text)
+        file = _open_for_append(path)
+    except OSError as exc:
+        return 0, exc
+    try:
+        return _append_to(file, data)
+    except OSError as exc:  # the file's size or last byte could not be read: nothing written
+        return 0, exc
+    finally:
+        with contextlib.suppress(OSError):  # write() took the bytes: they count as written
+            file.close()
+
+
+def _open_for_append(path: Path) -> io.FileIO:
+    # Unbuffered: each write() says how many bytes reached the file. Read access for the last
+    # byte (_ends_a_line). Tests put a small disk in the place of `open`.
+    try:
+        return open(path, "ab+", buffering=0)
     except FileNotFoundError:  # the first write, or someone removed the directory
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8", errors="backslashreplace") as file:
-            file.write(text)
+        return open(path, "ab+", buffering=0)
+
+
+def _append_to(file: io.FileIO, data: bytes) -> tuple[int, Optional[OSError]]:
+    start = os.fstat(file.fileno()).st_size
+    # A broken last line (a writer killed mid-record, a cut that failed) stays; ours start after.
+    head = b"" if _ends_a_line(file, start) else b"\n"
+    done, error = _write_all(file, head + data)
+    if error is None:
+        return data.count(b"\n"), None
+    written = done - len(head)  # bytes of `data` in the file (< 0: not even the head)
+    if written <= 0:
+        return 0, error
+    whole = data.rfind(b"\n", 0, written) + 1  # bytes of `data` in whole lines
+    if whole < written:
+        # On failure the part line stays, unreadable; the next append starts after it.
+        with contextlib.suppress(OSError):
+            file.truncate(start + len(head) + whole)
+    return data.count(b"\n", 0, whole), error
+
+
+def _ends_a_line(file: io.FileIO, size: int) -> bool:
+    return size == 0 or os.pread(file.fileno(), 1, size - 1) == b"\n"
+
+
+def _write_all(file: io.FileIO, data: bytes) -> tuple[int, Optional[OSError]]:
+    """(bytes written, None), or (bytes written before it, the error) when a write fails."""
+    view = memoryview(data)
+    done = 0
+    try:
+        while done < len(view):
+            count = file.write(view[done:])  # may take fewer bytes than given
+            if not count:  # no progress: never loop forever
+                raise OSError(errno.EIO, f"{file.name}: no byte written")
+            done += count
+    except OSError as exc:
+        return done, exc
+    return done, None
 
 
 @dataclass
@@ -157,12 +243,20 @@ class EventLogs:
 
     @classmethod
     def open(
-        cls, log_dir: Path, on_drop: Callable[[str, int], None], flush_interval: float = 0.2
+        cls,
+        log_dir: Path,
+        on_drop: Callable[[str, int], None],
+        flush_interval: float = 0.2,
+        on_write: Callable[[str, int], None] = lambda log, count: None,
     ) -> EventLogs:
+        """`on_drop(log, count)` and `on_write(log, count)` count each log's records dropped
+        and written (called from the writer threads, and `on_drop` from `write` too)."""
+
         def writer(log: str, path_for: PathFor) -> JsonlWriter:
             return JsonlWriter(
                 path_for,
                 on_drop=lambda count: on_drop(log, count),
+                on_write=lambda count: on_write(log, count),
                 flush_interval=flush_interval,
                 name=log,
             )

@@ -184,6 +184,14 @@ class RouterMetrics:
             ["log"],
             registry=registry,
         )
+        # Written + dropped + still buffered = every record the router made: a count to check
+        # the log files against (each written record is one whole line).
+        self.events_written = Counter(
+            "router_events_written",
+            "Log records written whole to their file.",
+            ["log"],
+            registry=registry,
+        )
         self.http_errors = Counter(
             "router_http_errors",
             "Requests refused by the router itself (bad body, unknown route, ...), by code.",

@@ -1,9 +1,16 @@
 from __future__ import annotations
 
+import errno
+import io
 import json
+import os
 import time
 from pathlib import Path
+from typing import Any, Optional
 
+import pytest
+
+from router.records import jsonl
 from router.records.jsonl import JsonlWriter, daily_files, single_file
 
 
@@ -84,3 +91,151 @@ def test_a_full_buffer_drops_new_records(tmp_path: Path) -> None:
     assert [r["i"] for r in read_lines(path)] == [0, 1, 2]
     writer.write({"i": 99})  # after close: counted, not written
     assert dropped == [1, 1, 1]
+
+
+# --- a disk that fills in the middle of a write ------------------------------------------------
+
+
+class SmallDisk:
+    """A disk of `free` bytes for the files the writer opens, in place of the module's `open`.
+
+    Each write stores at most `chunk` bytes (a short write, as the kernel may do), and the one
+    after the last free byte fails with ENOSPC: a batch of lines is cut in the middle of one.
+    Truncating a file gives its bytes back, as on a real disk."""
+
+    def __init__(self, free: int, chunk: int = 1000, truncate_fails: bool = False) -> None:
+        self.free = free
+        self.chunk = chunk
+        self.truncate_fails = truncate_fails
+
+    def open(self, file: Any, mode: str = "r", buffering: int = -1, **text: Any) -> Any:
+        raw = _SmallDiskFile(file, mode.replace("b", "").replace("t", ""))
+        raw.disk = self
+        if "b" in mode and buffering == 0:
+            return raw
+        buffered = io.BufferedRandom(raw) if "+" in mode else io.BufferedWriter(raw)
+        return buffered if "b" in mode else io.TextIOWrapper(buffered, **text)
+
+
+class _SmallDiskFile(io.FileIO):
+    disk: SmallDisk
+
+    def write(self, data: Any) -> int:
+        if self.disk.free <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        part = bytes(memoryview(data)[: min(len(data), self.disk.free, self.disk.chunk)])
+        written = super().write(part) or 0
+        self.disk.free -= written
+        return written
+
+    def truncate(self, size: Optional[int] = None) -> int:
+        if self.disk.truncate_fails:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        before = os.fstat(self.fileno()).st_size
+        after = super().truncate(size)
+        self.disk.free += before - after
+        return after
+
+
+def parsed_lines(path: Path) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """The records of a file, and its lines that are not records (a last line included)."""
+    records, broken = [], []
+    for line in path.read_bytes().split(b"\n"):
+        if not line:
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            broken.append(line)
+    return records, broken
+
+
+def test_a_disk_filling_mid_write_leaves_whole_lines_and_exact_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disk = SmallDisk(free=50_000)
+    monkeypatch.setattr(jsonl, "open", disk.open, raising=False)
+    path = tmp_path / "exposures.jsonl"
+    dropped: list[int] = []
+    writer = JsonlWriter(single_file(path), on_drop=dropped.append, flush_interval=3600)
+    # Lines of varied length, so that the disk runs out in the middle of one.
+    submitted = 0
+    for _ in range(100):
+        for _record in range(37):
+            writer.write({"i": submitted, "pad": "x" * (submitted % 97)})
+            submitted += 1
+        writer.flush()
+    full_records, full_broken = parsed_lines(path)
+    disk.free += 1 << 20  # space is back
+    for _ in range(500):
+        writer.write({"i": submitted, "pad": "after"})
+        submitted += 1
+    writer.close()
+
+    records, broken = parsed_lines(path)
+    assert full_broken == [] and broken == []  # whole lines, also while the disk was full
+    assert path.read_bytes().endswith(b"\n")
+    assert len(records) + sum(dropped) == submitted == 4200
+    assert 0 < len(full_records) < 3700 and sum(dropped) == 3700 - len(full_records)
+    # once space is back, every record is written, each on a line of its own
+    assert [r["i"] for r in records[-500:]] == list(range(3700, 4200))
+    assert len({r["i"] for r in records}) == len(records)
+    assert (writer.written, writer.dropped) == (len(records), sum(dropped))
+
+
+def test_a_cut_that_fails_still_starts_the_next_record_on_a_fresh_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The partial line cannot be cut away: it stays as one unreadable line (its records were
+    # counted as dropped), and what comes after it is whole.
+    disk = SmallDisk(free=1500, truncate_fails=True)
+    monkeypatch.setattr(jsonl, "open", disk.open, raising=False)
+    path = tmp_path / "outcomes.jsonl"
+    writer = JsonlWriter(single_file(path), flush_interval=3600)
+    for index in range(100):
+        writer.write({"i": index, "pad": "y" * 20})
+    writer.flush()
+    disk.free += 1 << 20
+    writer.write({"i": 100})
+    writer.close()
+    records, broken = parsed_lines(path)
+    assert len(broken) == 1 and not broken[0].endswith(b"}")
+    assert records[-1] == {"i": 100}
+    assert writer.written == len(records) and writer.written + writer.dropped == 101
+
+
+def test_a_log_ending_mid_line_gets_the_next_record_on_a_fresh_line(tmp_path: Path) -> None:
+    # A router killed in the middle of a write left half a line; the next one appends.
+    path = tmp_path / "exposures-2026-11-28.jsonl"
+    path.write_bytes(b'{"i":0}\n{"i":1,"te')
+    writer = JsonlWriter(single_file(path), flush_interval=3600)
+    writer.write({"i": 2})
+    writer.close()
+    assert path.read_bytes() == b'{"i":0}\n{"i":1,"te\n{"i":2}\n'
+    # the half line stays for the analysis to count as an unreadable line
+    records, broken = parsed_lines(path)
+    assert records == [{"i": 0}, {"i": 2}] and broken == [b'{"i":1,"te']
+
+
+def test_written_and_dropped_are_counted_per_record(tmp_path: Path) -> None:
+    written: list[int] = []
+    dropped: list[int] = []
+    writer = JsonlWriter(
+        single_file(tmp_path / "x.jsonl"), on_write=written.append, on_drop=dropped.append,
+        flush_interval=3600, max_pending=5,
+    )  # fmt: skip
+    for index in range(7):  # the buffer holds 5: two dropped
+        writer.write({"i": index})
+    writer.flush()
+    circular: dict[str, Any] = {}
+    circular["self"] = circular
+    writer.write(circular)  # not JSON: dropped
+    writer.write({"i": {1, 2}})  # a set is written as its str()
+    writer.close()
+    writer.write({"i": 8})  # after close: dropped
+    assert (sum(written), sum(dropped)) == (6, 4) == (writer.written, writer.dropped)
+
+    full = JsonlWriter(single_file(Path("/dev/full")), on_write=written.append)
+    full.write({"i": 1})
+    full.close()
+    assert (full.written, full.dropped) == (0, 1)
