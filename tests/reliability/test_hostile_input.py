@@ -16,6 +16,7 @@ import re
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Optional
 
@@ -431,6 +432,10 @@ async def test_unknown_routes_and_methods(
 
 # --- /events -------------------------------------------------------------------------------
 
+# Inside the window of accepted timestamps (router.events_max_age, 7 days by default).
+TWO_DAYS_AGO_AT_8_IN_UTC8 = (datetime.now(timezone.utc) - timedelta(days=2)).strftime(
+    "%Y-%m-%dT08:00:00+08:00"
+)
 BAD_EVENTS: list[tuple[str, bytes]] = [
     ("event-not-json", b"{nope"),
     ("event-empty-list", b"[]"),
@@ -467,7 +472,7 @@ async def test_bad_events(
     ]  # fmt: skip
     good = [
         {"unit_id": "hostile-good-1", "metric": "conversion"},
-        {"unit_id": 42, "metric": "revenue", "value": 9.5, "ts": "2026-11-20T08:00:00+08:00"},
+        {"unit_id": 42, "metric": "revenue", "value": 9.5, "ts": TWO_DAYS_AGO_AT_8_IN_UTC8},
         {"unit_id": "用户", "metric": "m:1", "experiment": "sentiment"},
     ]
     cases.append(Case("event-good", post(json.dumps(good).encode(), target=b"/events"), 202))

@@ -2,13 +2,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.router.harness import build_app, outcomes, registry
+from tests.router.harness import build_app, logs_dir, metric, outcomes, registry
 
 pytestmark = pytest.mark.asyncio
 
@@ -25,10 +26,15 @@ async def test_single_and_list_events_are_logged(aiohttp_client: Any, tmp_path: 
     client = await client_for(aiohttp_client, tmp_path)
     response = await client.post("/events", json={"unit_id": "alice", "metric": "conversion"})
     assert (response.status, await response.json()) == (202, {"accepted": 1})
+    # Two and three days ago (inside the default window of 7 days), at fixed times of day.
+    two_days_ago, three_days_ago = (
+        (datetime.now(timezone.utc) - timedelta(days=days)).date() for days in (2, 3)
+    )
     batch = [
-        {"unit_id": "bob", "metric": "revenue", "value": 12.5, "ts": "2026-11-20T08:00:00+08:00",
-         "experiment": "sentiment", "event_id": "order-981"},
-        {"unit_id": 42, "metric": "complaint", "value": 0, "ts": "2026-11-21T01:02:03"},
+        {"unit_id": "bob", "metric": "revenue", "value": 12.5,
+         "ts": f"{two_days_ago}T08:00:00+08:00", "experiment": "sentiment",
+         "event_id": "order-981"},
+        {"unit_id": 42, "metric": "complaint", "value": 0, "ts": f"{three_days_ago}T01:02:03"},
     ]  # fmt: skip
     response = await client.post("/events", json=batch)
     assert (response.status, await response.json()) == (202, {"accepted": 2})
@@ -39,14 +45,18 @@ async def test_single_and_list_events_are_logged(aiohttp_client: Any, tmp_path: 
     assert records["alice"]["value"] == 1.0 and records["alice"]["experiment"] is None
     assert records["alice"]["ts"].endswith("Z")
     assert records["bob"] == {
-        "ts": "2026-11-20T00:00:00.000Z", "unit": "bob", "metric": "revenue",
+        "ts": f"{two_days_ago}T00:00:00.000Z", "unit": "bob", "metric": "revenue",
         "value": 12.5, "experiment": "sentiment", "event_id": "order-981",
     }  # fmt: skip
     assert "event_id" not in records["alice"]
-    assert records["42"]["ts"] == "2026-11-21T01:02:03.000Z"
+    assert records["42"]["ts"] == f"{three_days_ago}T01:02:03.000Z"
     # each record lands in the file of its own day
     names = sorted(p.name for p in (tmp_path / "logs").glob("outcomes-*.jsonl"))
-    assert "outcomes-2026-11-20.jsonl" in names and "outcomes-2026-11-21.jsonl" in names
+    assert f"outcomes-{two_days_ago}.jsonl" in names
+    assert f"outcomes-{three_days_ago}.jsonl" in names
+    # every record counted as written
+    assert metric(app, "router_events_written_total", log="outcomes") == 3
+    assert metric(app, "router_events_dropped_total", log="outcomes") == 0
 
 
 BAD = [
@@ -58,6 +68,8 @@ BAD = [
     (b'{"unit_id": "a", "metric": "m", "value": "lots"}', "event.value: "),
     (b'{"unit_id": "a", "metric": "m", "value": true}', "event.value: must be a finite number"),
     (b'{"unit_id": "a", "metric": "m", "ts": "yesterday"}', "event.ts: "),
+    (b'{"unit_id": "a", "metric": "m", "ts": "0001-01-01T00:00:00+01:00"}', "event.ts: out of"),
+    (b'{"unit_id": "a", "metric": "m", "ts": "9999-12-31T23:00:00Z"}', "event.ts: 9999-12-31"),
     (b'{"unit_id": "a", "metric": "m", "event_id": "has space"}', "event.event_id: "),
     (b'{"unit_id": "a", "metric": "m", "event_id": "' + b"x" * 129 + b'"}', "event.event_id: "),
     (b'[{"unit_id": "a", "metric": "m"}, 7]', "events[1]: must be a JSON object"),
@@ -93,3 +105,57 @@ async def test_events_only_accept_post(aiohttp_client: Any, tmp_path: Path) -> N
     response = await client.get("/events")
     assert response.status == 405
     assert (await response.json())["code"] == "method_not_allowed"
+
+
+# --- the window of accepted timestamps (its ends: test_events_window.py) ---------------------
+
+
+def events_at(*moments: datetime) -> bytes:
+    return json.dumps(
+        [{"unit_id": "u", "metric": "m", "ts": m.isoformat()} for m in moments]
+    ).encode()
+
+
+async def test_two_thousand_past_days_are_refused_and_make_no_file(
+    aiohttp_client: Any, tmp_path: Path
+) -> None:
+    client = await client_for(aiohttp_client, tmp_path)
+    now = datetime.now(timezone.utc)
+    # Half a day off whole days: a boundary never falls between the test's clock and the router's.
+    days = [now - timedelta(days=day, hours=12) for day in range(2000)]
+    response = await client.post("/events", data=events_at(*days))
+    assert response.status == 400
+    reply = await response.json()
+    assert reply["code"] == "bad_event"
+    # events[0..6] are 0.5 to 6.5 days old: inside; from events[7] (7.5 days) on: refused
+    assert reply["error"].startswith("events[7].ts: ")
+    assert "is more than 7d old (router.events_max_age): accepted from " in reply["error"]
+    assert reply["error"].endswith("; and 1,973 more")  # 1,993 refused, 20 named
+    app = client.app
+    assert app is not None
+    assert outcomes(app) == []
+    assert list(logs_dir(app).glob("outcomes-*")) == []
+
+    inside = [
+        now - timedelta(days=6, hours=23),
+        now - timedelta(days=1),
+        now + timedelta(minutes=4),
+    ]
+    response = await client.post("/events", data=events_at(*inside))
+    assert (response.status, await response.json()) == (202, {"accepted": 3})
+    assert len(outcomes(app)) == 3
+
+
+async def test_the_window_is_the_registry_s(aiohttp_client: Any, tmp_path: Path) -> None:
+    client = await client_for(aiohttp_client, tmp_path, events_max_age="1d", events_max_ahead="1h")
+    now = datetime.now(timezone.utc)
+    for moment, status in [
+        (now - timedelta(hours=23), 202),
+        (now - timedelta(hours=25), 400),
+        (now + timedelta(minutes=50), 202),
+        (now + timedelta(minutes=70), 400),
+    ]:
+        response = await client.post("/events", data=events_at(moment))
+        assert response.status == status, moment
+        if status == 400:
+            assert "accepted from" in (await response.json())["error"]
