@@ -45,8 +45,8 @@ from router.proxy.seams import (
 from router.proxy.upstreams import Upstreams, make_pool
 from router.records.jsonl import EventLogs
 from router.records.metrics import RouterMetrics
-from router.registry.schema import RouterConfig
-from router.transport.http_server import FastPathSite
+from router.registry.schema import RouterConfig, RouterSettings
+from router.transport.http_server import ClientLimits, FastPathSite, handed_over_requests
 
 CleanupContext = Callable[[web.Application], AsyncIterator[None]]
 
@@ -79,7 +79,10 @@ def create_app(
     """The router for a validated registry; `config_path` enables hot reload of that file,
     `guard` (GuardSetup.load) the SLO guard, ramp and admin API. The admin token is read from
     `environ` (default os.environ) once, here."""
-    app = web.Application(client_max_size=config.router.max_body_bytes)
+    app = web.Application(
+        client_max_size=config.router.max_body_bytes,
+        middlewares=[handed_over_requests(client_limits(config.router))],
+    )
     metrics = RouterMetrics()
     upstreams = Upstreams(metrics)
     live = LiveRegistry(config, upstreams)
@@ -241,5 +244,19 @@ def fast_path_site(
     live, proxy = runner.app[LIVE], runner.app[PROXY]
     return FastPathSite(
         runner, host, port, routes=live.fast_routes, start=proxy.start, refuse=proxy.refuse,
-        **options,
+        limits=client_limits(live.config().router), **options,
     )  # fmt: skip
+
+
+def client_limits(settings: RouterSettings) -> ClientLimits:
+    """The registry's limits on one client, for the HTTP server (read once: restart-only)."""
+    return ClientLimits(
+        max_line_bytes=settings.max_line_bytes,
+        max_head_bytes=settings.max_head_bytes,
+        max_header_count=settings.max_header_count,
+        head_timeout_s=settings.head_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        max_connections=settings.max_client_connections,
+        max_unread_answer_bytes=settings.max_unread_answer_bytes,
+        lingering_timeout_s=settings.lingering_timeout_s,
+    )

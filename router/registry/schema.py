@@ -280,6 +280,6 @@ class ExperimentConfig(Frozen):
 
 
 class RouterConfig(Frozen):
-    router: RouterSettings = RouterSettings()
+    router: RouterSettings = Field(default_factory=RouterSettings)
     backends: dict[Name, BackendConfig] = {}
     experiments: dict[Name, ExperimentConfig] = {}

@@ -16,7 +16,22 @@ request is served").
 Keep-alive, HTTP/1.0 and pipelining work: the requests of one connection are answered one at a
 time, in order. One limit: a request for aiohttp that was pipelined in the same packet behind
 another request cannot be replayed (where its bytes start is unknown); it gets 400
-`pipelining_unsupported` after the earlier answers, and the connection closes.
+`pipelining_unsupported` after the earlier answers, and the connection closes. A connection
+handed over to aiohttp closes after that request's answer, so that every request head is read
+here, within the limits below.
+
+What one client can make the server hold or wait for is bounded (`ClientLimits`, nginx's
+defaults where nginx has the same limit), and each limit is decided as soon as it is crossed:
+the request line and each header field (414, 431), the whole head and its number of fields
+(431), the body (413 as soon as `Content-Length` says so, or as soon as a chunked body crosses
+it), the time to send a head and then a body (408), the connections open at once (503), and the
+answer bytes queued for a client that does not read (past that, the connection reads nothing
+more and starts no further request until the client catches up). Requests nginx refuses are
+refused too: HTTP versions other than 1.0 and 1.1 (505), an HTTP/1.1 request without exactly
+one Host (400), a Transfer-Encoding other than `chunked` alone (501), a chunked HTTP/1.0
+request (400). After a refusal the answer goes out, the write side is shut and what the client
+still sends is read and dropped for a while (a lingering close, as nginx does): closing at once
+would let the client's kernel reset the connection before the client reads why.
 """
 
 from __future__ import annotations
@@ -33,6 +48,7 @@ from typing import Callable, NamedTuple, Optional, Union, cast
 
 import httptools
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from router.transport.messages import HttpAnswer, HttpRequest, Respond
 
@@ -43,10 +59,27 @@ KEEPALIVE_S = 75.0  # aiohttp's default: an idle connection closes after this
 # client may be sending the next request right now, and closing under it would fail that.
 SHUTDOWN_GRACE_S = 0.25
 MAX_QUEUED = 16  # pipelined requests waiting on one connection before reading pauses
-# A body over max_body_bytes is read and dropped up to this many times the limit, then cut off.
-DISCARD_FACTOR = 16
+# A lingering close ends after this long in all, however slowly the client keeps sending
+# (nginx's lingering_time).
+LINGERING_TIME_S = 30.0
 # Requests with these headers go to aiohttp, which implements what they ask for.
 ASK_AIOHTTP = frozenset(("content-encoding", "expect", "upgrade"))
+# Headers a request may carry once at most: two could be read two ways (request smuggling).
+SINGLE_HEADERS = frozenset(("host", "content-length", "transfer-encoding"))
+
+
+class ClientLimits(NamedTuple):
+    """What one client may send or make the server hold or wait for (`router.*` in the
+    registry: `max_line_bytes`, `head_timeout`, ...)."""
+
+    max_line_bytes: int  # the request line, and each header field
+    max_head_bytes: int
+    max_header_count: int
+    head_timeout_s: float  # from a request's first byte to the end of its head
+    body_timeout_s: float  # from the end of the head to the end of the body
+    max_connections: int
+    max_unread_answer_bytes: int
+    lingering_timeout_s: float  # a lingering close ends after this long without a byte
 
 
 class FastRoutes(NamedTuple):
@@ -80,13 +113,20 @@ class FastPath:
     """What the connections share: the injected callables and aiohttp's protocol factory."""
 
     def __init__(
-        self, routes: RoutesNow, start: Start, refuse: Refuse, aiohttp_server: web.Server
+        self,
+        routes: RoutesNow,
+        start: Start,
+        refuse: Refuse,
+        aiohttp_server: web.Server,
+        limits: ClientLimits,
     ) -> None:
         self.routes = routes
         self.start = start
         self.refuse = refuse
         self.aiohttp_server = aiohttp_server
+        self.limits = limits
         self.connections: set[FastPathProtocol] = set()
+        self.lingering: set[_Lingering] = set()
         self.closing = False
         self._drained: Optional[asyncio.Event] = None
 
@@ -104,6 +144,11 @@ class FastPath:
                 await asyncio.wait_for(self._drained.wait(), timeout)
         for connection in list(self.connections):
             connection.abort()
+        for lingering in list(self.lingering):
+            lingering.abort()
+
+    def full(self) -> bool:
+        return len(self.connections) + len(self.lingering) >= self.limits.max_connections
 
     def forget(self, connection: FastPathProtocol) -> None:
         """`connection` closed or went over to aiohttp."""
@@ -117,11 +162,18 @@ class FastPathProtocol(asyncio.Protocol):
 
     def __init__(self, shared: FastPath) -> None:
         self._shared = shared
+        self._limits = shared.limits
         self._loop = asyncio.get_running_loop()
         self._parser = httptools.HttpRequestParser(self)
         self._transport: Optional[asyncio.Transport] = None
         # The request being parsed.
         self._in_message = False
+        self._in_head = False
+        self._head_bytes = 0  # of a head that spans reads; see data_received
+        self._message_started_at = 0.0
+        self._head_done_at = 0.0
+        self._deadline: Optional[asyncio.TimerHandle] = None  # of a request cut across reads
+        self._http10 = False
         self._url = b""
         # By lower-case name, the first of repeated ones (cheaper than a CIMultiDict; the
         # request path only looks names up, in lower case).
@@ -141,6 +193,7 @@ class FastPathProtocol(asyncio.Protocol):
         self._answered_last = False  # an answer with `Connection: close` went out
         self._handover: Optional[bytes] = None
         self._reading_paused = False
+        self._writing_paused = False  # the client is not reading its answers
         self._closing = False
         self._idle_timer: Optional[asyncio.TimerHandle] = None
         self._last_active = 0.0  # loop time of the last byte received or answer written
@@ -150,28 +203,49 @@ class FastPathProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, so no isinstance check.
         self._transport = cast(asyncio.Transport, transport)
-        self._shared.connections.add(self)
-        if self._shared.closing:
+        shared = self._shared
+        if shared.full():
+            answer = shared.refuse(
+                503, "too_many_connections", "the router has too many open connections; retry"
+            )
+            self._transport.write(_encode(answer, False, False))
+            self._transport.close()
+            return
+        shared.connections.add(self)
+        if shared.closing:
             self.abort()
         else:
+            self._transport.set_write_buffer_limits(high=self._limits.max_unread_answer_bytes)
             self._last_active = self._loop.time()
             self._idle_timer = self._loop.call_later(KEEPALIVE_S, self._close_if_idle)
 
     def data_received(self, data: bytes) -> None:
         self._last_active = self._loop.time()
-        if self._in_message:
+        head_went_on = self._in_head
+        if head_went_on:
             self._chunks.append(data)
-        else:
+        else:  # the bytes to replay start with this read
             self._chunks = [data]
         self._completed_in_chunk = False
         try:
             self._parser.feed_data(data)
-            return
         except httptools.HttpParserCallbackError as exc:
             reason = exc.__context__
         except httptools.HttpParserError as exc:
             reason = exc
-        # Out of the except block: what aiohttp raises after a handover is not chained to it.
+        else:
+            reason = None
+        if reason is not None:  # out of the except block: see _parser_stopped
+            self._parser_stopped(reason)
+        elif self._in_message:  # a request cut across reads (rare): bound it
+            # All of this read is head if the head began before it, or at its start. A head
+            # that began after another request in this read is counted from the next read on:
+            # llhttp does not say where it began, and one read is a bounded amount.
+            self._cut_across_reads(len(data) if head_went_on or not self._began_mid_chunk else 0)
+
+    def _parser_stopped(self, reason: BaseException) -> None:
+        # Called out of the except block: what aiohttp raises after a handover must not be
+        # chained to the parser's error.
         if isinstance(reason, _Handover):
             self._hand_over_when_idle(b"".join(self._chunks))
         elif isinstance(reason, _Refusal):
@@ -185,15 +259,65 @@ class FastPathProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self._transport = None
         self._shared.forget(self)
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
+        self._stop_timers()
         # A request in progress still finishes (its backend call, its exposure record).
         self._queue.clear()
+
+    def pause_writing(self) -> None:
+        """The client left `max_unread_answer_bytes` unread: start no further request of its
+        and read nothing more until it catches up."""
+        self._writing_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._queue and self._answering is None:
+            self._answer_queued()
+        elif self._answering is None:
+            self._went_idle()
+
+    # --- limits on a request cut across reads ---------------------------------------------
+
+    def _cut_across_reads(self, head_bytes: int) -> None:
+        if self._in_head:
+            self._head_bytes += head_bytes
+            if self._head_bytes > self._limits.max_head_bytes:
+                self._refuse(
+                    431, "head_too_large", f"request head over {self._limits.max_head_bytes} bytes"
+                )
+                return
+        if self._deadline is None:
+            self._deadline = self._loop.call_at(self._time_limit(), self._time_limit_passed)
+
+    def _time_limit(self) -> float:
+        """When the head, or else the body, of the request being read must have arrived."""
+        if self._in_head:
+            return self._message_started_at + self._limits.head_timeout_s
+        return self._head_done_at + self._limits.body_timeout_s
+
+    def _time_limit_passed(self) -> None:
+        self._deadline = None
+        if not self._in_message or self._answered_last:
+            return
+        now = self._loop.time()
+        if self._reading_paused:  # the router holds the bytes back, not the client
+            self._message_started_at = self._head_done_at = now
+        if now < self._time_limit():
+            self._deadline = self._loop.call_at(self._time_limit(), self._time_limit_passed)
+            return
+        part, limit_s = (
+            ("head", self._limits.head_timeout_s)
+            if self._in_head
+            else ("body", self._limits.body_timeout_s)
+        )
+        self._refuse(408, "request_timeout", f"the request {part} took over {limit_s:g} s")
 
     # --- httptools callbacks --------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._in_message = True
+        self._in_message = self._in_head = True
+        self._head_bytes = 0
+        self._message_started_at = self._last_active
         self._began_mid_chunk = self._completed_in_chunk
         self._url = b""
         self._headers = {}
@@ -202,14 +326,38 @@ class FastPathProtocol(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        if len(self._url) > self._limits.max_line_bytes:
+            raise _Refusal(
+                414, "uri_too_long", f"request target over {self._limits.max_line_bytes} bytes"
+            )
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.setdefault(
-            name.decode("latin-1").lower(), value.decode("utf-8", "surrogateescape")
-        )
+        # httptools hands over a field when it is whole; the head limit bounds it before that.
+        if len(name) + len(value) > self._limits.max_line_bytes:
+            raise _Refusal(
+                431, "header_too_large", f"a header field over {self._limits.max_line_bytes} bytes"
+            )
+        key, headers = name.decode("latin-1").lower(), self._headers
+        if key in headers:
+            if key in SINGLE_HEADERS:
+                raise _Refusal(400, "bad_request", f"the {key} header is given twice")
+            return  # the first one counts
+        if len(headers) >= self._limits.max_header_count:
+            raise _Refusal(
+                431, "too_many_headers", f"over {self._limits.max_header_count} header fields"
+            )
+        headers[key] = value.decode("utf-8", "surrogateescape")
 
     def on_headers_complete(self) -> None:
-        parser, routes = self._parser, self._shared.routes()
+        self._in_head = False
+        self._head_done_at = self._last_active
+        parser, routes, headers = self._parser, self._shared.routes(), self._headers
+        self._check_framing(parser.get_http_version(), headers)
+        length = headers.get("content-length")
+        if length is not None and int(length) > routes.max_body_bytes:
+            raise _Refusal(
+                413, "body_too_large", f"request body over {routes.max_body_bytes} bytes"
+            )
         path = routes.paths.get(self._url.split(b"?", 1)[0])
         if (
             path is None
@@ -228,25 +376,37 @@ class FastPathProtocol(asyncio.Protocol):
         self._path = path
         self._body_limit = routes.max_body_bytes
 
+    def _check_framing(self, version: str, headers: Mapping[str, str]) -> None:
+        """Refuse what nginx refuses: what two servers in a row could read two ways."""
+        http10 = self._http10 = version == "1.0"
+        if version != "1.1" and not http10:
+            raise _Refusal(505, "http_version_not_supported", "HTTP/1.1 or HTTP/1.0 only")
+        if not http10 and "host" not in headers:
+            raise _Refusal(400, "bad_request", "an HTTP/1.1 request must have a Host header")
+        coding = headers.get("transfer-encoding")
+        if coding is not None:
+            if http10:
+                raise _Refusal(400, "bad_request", "Transfer-Encoding in an HTTP/1.0 request")
+            if coding.strip().lower() != "chunked":
+                raise _Refusal(
+                    501, "unsupported_transfer_encoding", "Transfer-Encoding: chunked only"
+                )
+
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
-        if self._size <= self._body_limit:
-            self._body.append(body)
-        elif self._size > DISCARD_FACTOR * self._body_limit:
+        if self._size > self._body_limit:  # chunked: no Content-Length said so before
             raise _Refusal(413, "body_too_large", f"request body over {self._body_limit} bytes")
-        # Over the limit: read the rest and drop it, so that the client, still sending, reads
-        # our 413 instead of a connection reset.
+        self._body.append(body)
 
     def on_message_complete(self) -> None:
         self._in_message = False
         self._completed_in_chunk = True
         self._chunks = []
-        if self._size > self._body_limit:
-            self._refuse(413, "body_too_large", f"request body over {self._body_limit} bytes")
-            return
-        parser = self._parser
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         request = HttpRequest("POST", self._path, self._headers, b"".join(self._body))
-        keep_alive, http10 = parser.should_keep_alive(), parser.get_http_version() == "1.0"
+        keep_alive, http10 = self._parser.should_keep_alive(), self._http10
         if self._answering is None and not self._queue and not self._answered_last:
             self._answering = (keep_alive, http10)  # the usual case: answer it now
             self._shared.start(request, self._answered)
@@ -270,8 +430,12 @@ class FastPathProtocol(asyncio.Protocol):
             self._reading_paused = True
 
     def _refuse(self, status: int, code: str, message: str) -> None:
-        """Answer this error after the answers in progress, then close; read nothing more."""
+        """Answer this error after the answers in progress, then close (lingering); read
+        nothing more meanwhile."""
         self._pause_reading()
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         self._enqueue(self._shared.refuse(status, code, message))
 
     def _answer_queued(self) -> None:
@@ -281,10 +445,15 @@ class FastPathProtocol(asyncio.Protocol):
             return
         self._draining = True
         try:
-            while self._queue and self._answering is None and not self._answered_last:
+            while (
+                self._queue
+                and self._answering is None
+                and not self._answered_last
+                and not self._writing_paused
+            ):
                 item = self._queue.popleft()
                 if isinstance(item, HttpAnswer):
-                    self._write(item, keep_alive=False, http10=False)
+                    self._write_refusal(item)
                     break
                 request, keep_alive, http10 = item
                 self._answering = (keep_alive, http10)
@@ -312,14 +481,14 @@ class FastPathProtocol(asyncio.Protocol):
 
     def _went_idle(self) -> None:
         transport = self._transport
-        if transport is None or self._answered_last:
-            return
+        if transport is None or self._answered_last or self._queue:
+            return  # (a queue: it waits for the client to read its answers)
         if self._handover is not None:
             self._hand_over(self._handover)
         elif self._closing or self._shared.closing:
             transport.close()
         else:
-            if self._reading_paused:
+            if self._reading_paused and not self._writing_paused:
                 self._reading_paused = False
                 transport.resume_reading()
             self._last_active = self._loop.time()
@@ -334,6 +503,26 @@ class FastPathProtocol(asyncio.Protocol):
         transport.write(_encode(answer, keep_alive, http10))
         if not keep_alive:
             transport.close()
+
+    def _write_refusal(self, answer: HttpAnswer) -> None:
+        self._answered_last = True
+        self._queue.clear()
+        transport = self._transport
+        if transport is None:
+            return
+        transport.write(_encode(answer, False, False))
+        self._transport = None
+        self._shared.forget(self)
+        self._stop_timers()
+        lingering = _Lingering(self._shared, transport)
+        transport.set_protocol(lingering)
+        lingering.start(reading_paused=self._reading_paused)
+
+    def _stop_timers(self) -> None:
+        for timer in (self._idle_timer, self._deadline):
+            if timer is not None:
+                timer.cancel()
+        self._idle_timer = self._deadline = None
 
     # --- handing over, closing ------------------------------------------------------------
 
@@ -350,9 +539,7 @@ class FastPathProtocol(asyncio.Protocol):
             return
         self._transport = None
         self._shared.forget(self)
-        if self._idle_timer is not None:  # aiohttp keeps its own time from here
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        self._stop_timers()  # aiohttp keeps its own time from here
         protocol = self._shared.aiohttp_server()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
@@ -387,6 +574,58 @@ class FastPathProtocol(asyncio.Protocol):
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
+
+
+class _Lingering(asyncio.Protocol):
+    """A refused connection, its answer written and its write side shut: what the client still
+    sends is read and dropped until it stops sending for `lingering_timeout_s` (or
+    LINGERING_TIME_S in all), then the connection closes. Closing with unread bytes would make
+    the kernel reset the connection, and the client would lose the answer."""
+
+    def __init__(self, shared: FastPath, transport: asyncio.Transport) -> None:
+        self._shared = shared
+        self._transport = transport
+        self._loop = asyncio.get_running_loop()
+        self._last_byte_at = self._loop.time()
+        self._ends_at = self._last_byte_at + LINGERING_TIME_S
+        self._timer: Optional[asyncio.TimerHandle] = None
+
+    def start(self, reading_paused: bool) -> None:
+        self._shared.lingering.add(self)
+        if self._transport.can_write_eof():
+            self._transport.write_eof()
+        if reading_paused:
+            self._transport.resume_reading()
+        self._timer = self._loop.call_later(
+            self._shared.limits.lingering_timeout_s, self._maybe_close
+        )
+
+    def data_received(self, data: bytes) -> None:
+        self._last_byte_at = self._loop.time()
+
+    def eof_received(self) -> bool:
+        return False  # the client is done: close
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self._shared.lingering.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _maybe_close(self) -> None:
+        now, quiet_s = self._loop.time(), self._shared.limits.lingering_timeout_s
+        if now >= self._ends_at:
+            self.abort()
+        elif now - self._last_byte_at >= quiet_s:
+            self._transport.close()
+            # close() waits until the answer is written: a client that reads nothing would
+            # hold the connection for good.
+            self._timer = self._loop.call_at(self._ends_at, self.abort)
+        else:
+            wait_s = min(self._last_byte_at + quiet_s, self._ends_at) - now
+            self._timer = self._loop.call_later(wait_s, self._maybe_close)
+
+    def abort(self) -> None:
+        self._transport.abort()
 
 
 _STATUS_LINES = {
@@ -424,6 +663,37 @@ def _encode(answer: HttpAnswer, keep_alive: bool, http10: bool) -> bytes:
     return _STATUS_LINES[answer.status] + head.encode("latin-1") + answer.body
 
 
+def handed_over_requests(limits: ClientLimits) -> Middleware:
+    """aiohttp middleware for the requests the fast path hands over: the answer closes the
+    connection, so that the next request's head is read by the fast path, within its limits;
+    a body that is not all there `body_timeout_s` after the head closes it too."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        timer = None
+        if request.body_exists and not request.content.is_eof():
+            timer = asyncio.get_running_loop().call_later(
+                limits.body_timeout_s, _cut_off_unless_read, request
+            )
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            exc.force_close()
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+        response.force_close()
+        return response
+
+    return middleware
+
+
+def _cut_off_unless_read(request: web.Request) -> None:
+    if not request.content.is_eof() and request.transport is not None:
+        request.transport.close()
+
+
 class FastPathSite(web.TCPSite):
     """A TCPSite whose connections start on the fast path; stopping it drains them too."""
 
@@ -436,12 +706,13 @@ class FastPathSite(web.TCPSite):
         routes: RoutesNow,
         start: Start,
         refuse: Refuse,
+        limits: ClientLimits,
         backlog: int = 1024,
         shutdown_timeout: float = 10.0,
     ) -> None:
         super().__init__(runner, host, port, backlog=backlog)
         assert runner.server is not None  # runner.setup() ran (TCPSite checks it too)
-        self._fast = FastPath(routes, start, refuse, runner.server)
+        self._fast = FastPath(routes, start, refuse, runner.server, limits)
         self._shutdown_timeout = shutdown_timeout
 
     async def start(self) -> None:

@@ -320,7 +320,7 @@ async def test_unit_ids(
              400, "bad_unit"),
         Case("unit-json-nul", post(with_body(user_id="a\u0000b")), 400, "bad_unit"),
         Case("unit-json-huge-int", post(with_body(user_id=10**300)), 400, "bad_unit"),
-        Case("unit-header-over-8k", post(BODY, user(b"u" * 9000)), 400, json_reply=False),
+        Case("unit-header-over-8k", post(BODY, user(b"u" * 9000)), 431, "header_too_large"),
     ]  # fmt: skip
     await check_and_record(
         table, session, hostile_router, "unit ids",
@@ -418,7 +418,8 @@ async def test_unknown_routes_and_methods(
              logged=True),
         Case("unknown-method", bare(b"FOO", R), 400, json_reply=False),
         Case("garbage-line", b"GARBAGE\r\n\r\n", 400, json_reply=False),
-        Case("http-2.0-line", b"GET /x HTTP/2.0\r\n\r\n", 404, "not_found"),
+        Case("http-2.0-line", b"GET /x HTTP/2.0\r\nHost: x\r\n\r\n", 505,
+             "http_version_not_supported"),
         Case("space-in-target", b"GET /a b HTTP/1.1\r\n\r\n", 400, json_reply=False),
     ]  # fmt: skip
     outcome = await check_and_record(
