@@ -3,6 +3,11 @@
 It is what the analysis reads (`python -m analysis report`): which unit was assigned which arm,
 which arm answered, and how. Configured attributes (`router.attributes`) are logged beside
 these fields and may not take their names (router.registry.rules checks it).
+
+An attribute is a request header, so its value is the client's: a value longer than
+`router.max_attribute_chars` (256 characters by default) is logged cut to that many characters,
+and the record then names the attributes that were cut (`"truncated": ["city"]`). So no client
+makes an exposure line longer than the fields below plus that bound per attribute.
 """
 
 from __future__ import annotations
@@ -18,8 +23,12 @@ EXPOSURE_FIELDS = frozenset(
         "model_version", "status", "latency_ms", "fallback", "error",
     }
 )  # fmt: skip
-# Fields only some records carry (`override: true` on X-Variant-Override requests).
-OPTIONAL_EXPOSURE_FIELDS = frozenset({"override"})
+# Fields only some records carry (`override: true` on X-Variant-Override requests; `truncated`:
+# the attributes whose value was cut to the limit).
+OPTIONAL_EXPOSURE_FIELDS = frozenset({"override", "truncated"})
+# The default of `router.max_attribute_chars` (records sit below the registry: a test checks
+# that the two agree).
+MAX_ATTRIBUTE_CHARS = 256
 
 
 def exposure_record(
@@ -38,9 +47,11 @@ def exposure_record(
     errors: Iterable[object],
     overridden: bool,
     attributes: Iterable[tuple[str, Optional[str]]],
+    max_attribute_chars: int = MAX_ATTRIBUTE_CHARS,
 ) -> dict[str, Any]:
     """`unit` as it is to be logged (hashed or not); `errors`, the backend failures in call
-    order; `attributes`, (field, value) pairs."""
+    order; `attributes`, (field, value) pairs, each value logged cut to `max_attribute_chars`
+    (`router.max_attribute_chars`)."""
     record: dict[str, Any] = {
         "ts": utc_iso(ts),
         "request_id": request_id,
@@ -57,5 +68,13 @@ def exposure_record(
     }
     if overridden:
         record["override"] = True
-    record.update(attributes)
+    # One pass that stores and checks each value: as cheap as dict.update when nothing is cut.
+    truncated = None
+    for field, value in attributes:
+        if value is not None and len(value) > max_attribute_chars:
+            value = value[:max_attribute_chars]
+            truncated = [*(truncated or ()), field]
+        record[field] = value
+    if truncated:
+        record["truncated"] = truncated
     return record
