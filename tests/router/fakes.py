@@ -28,6 +28,7 @@ class FakePipeline:
     name: str
     mode: Mode = "ok"
     delay_s: float = 0.0
+    padding: int = 0  # bytes of filler in each good answer, for answers of any size
     received: list[Received] = field(default_factory=list)
     # Set on every request; create the fake inside the running loop (Python 3.9 binds it).
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
@@ -56,8 +57,8 @@ class FakePipeline:
             reply = {
                 "err_no": 0,
                 "err_msg": "",
-                "key": ["prob", "served_by", "body_sha256"],
-                "value": ["[[0.1, 0.9]]", self.name, digest],
+                "key": ["prob", "served_by", "body_sha256", "padding"],
+                "value": ["[[0.1, 0.9]]", self.name, digest, "x" * self.padding],
                 "tensors": [],
             }
         return web.Response(text=json.dumps(reply), content_type="application/json")

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -19,58 +17,11 @@ from aiohttp.test_utils import TestServer
 
 from router.transport import http_server as fastpath
 from tests.router.fakes import FakePipeline, start_fake, url_of
-from tests.router.harness import DEMO_BODY, FastPathTestServer, build_app, exposures, registry
+from tests.router.harness import FastPathTestServer, build_app, exposures, registry
+from tests.router.transport.rawclient import BODY, ROUTE, Connection, post
 from tests.support import eventually
 
 pytestmark = pytest.mark.asyncio
-
-BODY = json.dumps(DEMO_BODY).encode()
-ROUTE = b"/sentiment/prediction"
-
-
-def post(body: bytes = BODY, target: bytes = ROUTE, *headers: bytes) -> bytes:
-    lines = [b"POST " + target + b" HTTP/1.1", b"Host: router", b"X-User-Id: u-1", *headers]
-    if not any(h.lower().startswith(b"transfer-encoding") for h in headers):
-        lines.append(b"Content-Length: %d" % len(body))
-    return b"\r\n".join(lines) + b"\r\n\r\n" + body
-
-
-class Answer:
-    def __init__(self, head: bytes, body: bytes) -> None:
-        status_line, *lines = head.decode("latin-1").split("\r\n")
-        self.status = int(status_line.split()[1])
-        self.headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
-        self.body = body
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-class Connection:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def answer(self) -> Answer:
-        head = (await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 5))[:-4]
-        answer = Answer(head, b"")
-        if answer.status < 200:  # 100 Continue
-            return answer
-        if "transfer-encoding" in answer.headers:  # aiohttp may chunk its own answers
-            chunks = []
-            while (size := int(await self.reader.readline(), 16)) > 0:
-                chunks.append(await self.reader.readexactly(size + 2))
-            await self.reader.readline()
-            answer.body = b"".join(c[:-2] for c in chunks)
-        else:
-            answer.body = await self.reader.readexactly(int(answer.headers["content-length"]))
-        return answer
-
-    async def closed(self) -> bool:
-        return await asyncio.wait_for(self.reader.read(), 5) == b""
 
 
 @pytest_asyncio.fixture
@@ -102,7 +53,7 @@ async def connect(router: FastPathTestServer) -> AsyncIterator[Connect]:
 
     async def open_one() -> Connection:
         assert router.port is not None
-        opened.append(Connection(*await asyncio.open_connection("127.0.0.1", router.port)))
+        opened.append(await Connection.open(router.port))
         return opened[-1]
 
     yield open_one
