@@ -11,17 +11,22 @@ machine get one Paddle Serving pipeline server each, on the endpoint's port.
 
   up       set up .venv (GPU stack with --gpu), export the demo models if the registry's bundles
            are missing, start the backends, wait until each answers, report the endpoints
-  down     stop the backends started by `up`
+  down     stop the backends started by `up`: each drains the requests in flight (at most
+           its grace period) and exits with nothing of it left; says so when none was running
   status   pid, endpoint and readiness of each backend (exit 1 unless all are ready)
+
+Any working directory will do: the run dir defaults to run/ beside the registry file. `up` that
+fails on one backend stops again the backends it started and exits non-zero.
 
 options:
   --config FILE        registry (default: experiments.yaml)
   --gpu N              run every backend on GPU N (installs paddlepaddle-gpu and
                        paddle-serving-server-gpu); default: each backend's `device:`
   --backend NAME       only this backend (repeatable)
-  --run-dir DIR        pid files and logs (default: run/)
+  --run-dir DIR        pid files and logs (default: run/ beside the registry file)
+  --grace DURATION     up: on stop, how long requests in flight may take, e.g. 10s (default 10s)
   --systemd DIR        also write systemd units for the backends into DIR (e.g.
-                       /etc/systemd/system), from deploy/systemd/paddle-serving@.service
+                       /etc/systemd/system), from deploy/systemd/paddle-serving.service.in
   -h, --help           this text
 EOF
 }
@@ -37,16 +42,22 @@ esac
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 config="experiments.yaml"
-run_dir="run"
+run_dir=""
+grace=""
 gpu=""
 systemd_dir=""
 backends=()
 while [ $# -gt 0 ]; do
   case "$1" in
+    --config|--gpu|--backend|--run-dir|--grace|--systemd)
+      [ $# -ge 2 ] || { echo "deploy.sh: $1 needs a value" >&2; exit 2; } ;;
+  esac
+  case "$1" in
     --config) config="$2"; shift 2 ;;
     --gpu) gpu="$2"; shift 2 ;;
     --backend) backends+=(--backend "$2"); shift 2 ;;
     --run-dir) run_dir="$2"; shift 2 ;;
+    --grace) grace="$2"; shift 2 ;;
     --systemd) systemd_dir="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "deploy.sh: unknown option: $1" >&2; usage >&2; exit 2 ;;
@@ -54,8 +65,17 @@ while [ $# -gt 0 ]; do
 done
 [ -f "$config" ] || { echo "deploy.sh: registry not found: $config" >&2; exit 2; }
 config="$(cd "$(dirname "$config")" && pwd)/$(basename "$config")"
-mkdir -p "$run_dir"
-run_dir="$(cd "$run_dir" && pwd)"
+# Absolute paths: the commands below run from the repository, whatever the caller's directory.
+run_args=()
+if [ -n "$run_dir" ]; then
+  mkdir -p "$run_dir"
+  run_args=(--run-dir "$(cd "$run_dir" && pwd)")
+fi
+grace_args=()
+if [ -n "$grace" ]; then
+  [ "$action" = up ] || { echo "deploy.sh: --grace is for up (down uses what up recorded)" >&2; exit 2; }
+  grace_args=(--grace "$grace")
+fi
 
 device_args=()
 if [ -n "$gpu" ]; then
@@ -95,10 +115,13 @@ for server in servers:
 ' "$config" | sort -u)
 fi
 
-serving "$action" --config "$config" --run-dir "$run_dir" ${backends[@]+"${backends[@]}"} \
-  ${device_args[@]+"${device_args[@]}"}
+serving "$action" --config "$config" ${run_args[@]+"${run_args[@]}"} \
+  ${backends[@]+"${backends[@]}"} ${device_args[@]+"${device_args[@]}"} \
+  ${grace_args[@]+"${grace_args[@]}"}
 
 if [ "$action" = up ] && [ -n "$systemd_dir" ]; then
-  (cd "$root" && "$python" -m serving systemd --config "$config" --out "$systemd_dir" \
-    ${backends[@]+"${backends[@]}"} ${device_args[@]+"${device_args[@]}"})
+  mkdir -p "$systemd_dir"
+  serving systemd --config "$config" --out "$(cd "$systemd_dir" && pwd)" \
+    ${run_args[@]+"${run_args[@]}"} ${backends[@]+"${backends[@]}"} \
+    ${device_args[@]+"${device_args[@]}"} ${grace_args[@]+"${grace_args[@]}"}
 fi

@@ -7,8 +7,16 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from router.registry.durations import parse_duration
 from serving.bundle import BundleError
-from serving.launcher import ServerError
+from serving.launcher import DEFAULT_GRACE_S, ServerError
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -38,8 +46,8 @@ def _demo_models(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from serving.launcher import free_port
-    from serving.pipeline_service import ServeOptions, parse_device, serve_forever, supervise
+    from serving.launcher import free_port, port_in_use
+    from serving.pipeline_service import ServeOptions, parse_device
 
     parse_device(args.device)
     for flag, port in (("--http-port", args.http_port), ("--rpc-port", args.rpc_port)):
@@ -59,20 +67,13 @@ def _serve(args: argparse.Namespace) -> int:
         args.workdir or Path("run/serving") / f"{args.model.name}-{args.http_port}"
     ).resolve()
     if not args.worker:
-        worker = [
-            sys.executable, "-m", "serving", "serve", "--worker",
-            "--model", str(args.model.resolve()),
-            "--http-port", str(args.http_port),
-            "--rpc-port", str(args.rpc_port or free_port()),
-            "--device", args.device,
-            "--concurrency", str(args.concurrency),
-            "--batch-size", str(args.batch_size),
-            "--batch-timeout-ms", str(args.batch_timeout_ms),
-            "--cpu-threads", str(args.cpu_threads),
-            "--rpc-threads", str(args.rpc_threads),
-            "--workdir", str(workdir),
-        ]  # fmt: skip
-        return supervise(worker)
+        # Checked here, before anything starts: one line instead of the worker's traceback.
+        for flag, port in (("--http-port", args.http_port), ("--rpc-port", args.rpc_port)):
+            if port and port_in_use(port):
+                raise ServerError(f"port {port} is already in use: choose another with {flag}")
+        return _supervise(args, workdir, args.rpc_port or free_port())
+    from serving.draining import serve_until_drained
+
     options = ServeOptions(
         bundle_dir=args.model,
         http_port=args.http_port,
@@ -84,15 +85,36 @@ def _serve(args: argparse.Namespace) -> int:
         cpu_threads=args.cpu_threads,
         rpc_threads=args.rpc_threads,
     )
-    serve_forever(options, workdir)
+    serve_until_drained(options, workdir, args.grace)
     return 0
+
+
+def _supervise(args: argparse.Namespace, workdir: Path, rpc_port: int) -> int:
+    """This process supervises; the same command with --worker runs Paddle Serving."""
+    from serving.supervisor import supervise
+
+    worker = [
+        sys.executable, "-m", "serving", "serve", "--worker",
+        "--model", str(args.model.resolve()),
+        "--http-port", str(args.http_port),
+        "--rpc-port", str(rpc_port),
+        "--device", args.device,
+        "--concurrency", str(args.concurrency),
+        "--batch-size", str(args.batch_size),
+        "--batch-timeout-ms", str(args.batch_timeout_ms),
+        "--cpu-threads", str(args.cpu_threads),
+        "--rpc-threads", str(args.rpc_threads),
+        "--workdir", str(workdir),
+        "--grace", str(args.grace),
+    ]  # fmt: skip
+    return supervise(worker, args.grace)
 
 
 def _fleet(args: argparse.Namespace) -> int:
     from serving import fleet
 
     return fleet.run_command(
-        args.command, args.config, args.run_dir, args.backend or None, args.device
+        args.command, args.config, args.run_dir, args.backend or None, args.device, args.grace
     )
 
 
@@ -100,10 +122,25 @@ def _systemd(args: argparse.Namespace) -> int:
     from serving import fleet
 
     servers = fleet.local_servers(args.config, args.backend or None, args.device)
-    for unit in fleet.write_systemd_units(servers, args.out, args.run_dir.resolve()):
+    run_dir = (args.run_dir or fleet.default_run_dir(args.config)).resolve()
+    for unit in fleet.write_systemd_units(servers, args.out, run_dir, args.grace):
         print(f"wrote {unit}")
     print("then: systemctl daemon-reload && systemctl enable --now paddle-serving-<backend>-<port>")
     return 0
+
+
+def _add_grace(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--grace",
+        type=_duration,
+        default=DEFAULT_GRACE_S,
+        metavar="DURATION",
+        help="on SIGTERM, how long requests in flight may take to finish, e.g. 10s, 500ms "
+        f"(default {DEFAULT_GRACE_S:g}s); then whatever is left is killed",
+    )
+
+
+RUN_DIR_HELP = "pid files and logs (default: run/ beside the registry file)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rpc-threads", type=int, default=32, help="gRPC threads (requests in flight)"
     )
     serve.add_argument("--workdir", type=Path, help="where Paddle Serving writes its logs")
+    _add_grace(serve)
     serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(run=_serve)
 
@@ -149,16 +187,19 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--config", type=Path, default=Path("experiments.yaml"))
-        sub.add_argument("--run-dir", type=Path, default=Path("run"), help="pid files and logs")
+        sub.add_argument("--run-dir", type=Path, help=RUN_DIR_HELP)
         sub.add_argument("--backend", action="append", help="only this backend (repeatable)")
         sub.add_argument("--device", help="override every backend's device (cpu, gpu:N)")
-        sub.set_defaults(run=_fleet)
+        if name == "up":
+            _add_grace(sub)
+        sub.set_defaults(run=_fleet, grace=DEFAULT_GRACE_S)
     units = commands.add_parser("systemd", help="write a systemd unit per local backend endpoint")
     units.add_argument("--config", type=Path, default=Path("experiments.yaml"))
     units.add_argument("--out", type=Path, required=True, help="e.g. /etc/systemd/system")
-    units.add_argument("--run-dir", type=Path, default=Path("run"), help="work dirs and logs")
+    units.add_argument("--run-dir", type=Path, help=RUN_DIR_HELP)
     units.add_argument("--backend", action="append", help="only this backend (repeatable)")
     units.add_argument("--device", help="override every backend's device (cpu, gpu:N)")
+    _add_grace(units)
     units.set_defaults(run=_systemd)
     return parser
 

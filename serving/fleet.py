@@ -2,7 +2,14 @@
 
 A backend is local when it has a `model:` and an endpoint on this machine (127.0.0.1,
 localhost, 0.0.0.0 or this host's name); each such endpoint gets one pipeline server on its
-port. Pid files and logs live under `<run-dir>/serving/`.
+port. Pid files and logs live under `<run-dir>/serving/`; the run dir is `run/` beside the
+registry file unless `--run-dir` says otherwise, so every command finds the same one from any
+working directory.
+
+`up` checks every port and bundle before it starts anything; a server that then fails to start
+or to become ready makes it stop again the servers this call started (not those that were
+already running) and fail, naming both. `down` drains each server (SIGTERM to its supervisor)
+and says so when there was nothing to stop.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import string
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -21,12 +29,16 @@ from urllib.parse import urlsplit
 from router.registry.loading import ConfigError, load_config
 from serving.bundle import BundleError, read_bundle
 from serving.launcher import (
+    DEFAULT_GRACE_S,
     REPO_ROOT,
+    STOP_MARGIN_S,
     ServerError,
+    ServerProcess,
     group_alive,
     is_ready,
+    port_in_use,
     start_server,
-    stop_process_group,
+    stop_server,
 )
 from serving.pipeline_service import parse_device
 
@@ -78,66 +90,150 @@ def local_servers(
     return servers
 
 
+def default_run_dir(config_path: Path) -> Path:
+    """`run/` beside the registry file: the same from any working directory."""
+    return config_path.resolve().parent / "run"
+
+
 def _pid_file(run_dir: Path, server: LocalServer) -> Path:
     return run_dir / "serving" / f"{server.key}.json"
 
 
-def _read_pid(run_dir: Path, server: LocalServer) -> Optional[int]:
+def _read_record(run_dir: Path, server: LocalServer) -> dict[str, Any]:
     try:
-        pid = int(json.loads(_pid_file(run_dir, server).read_text())["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
+        record = json.loads(_pid_file(run_dir, server).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _serves(pid: int, server: LocalServer) -> bool:
+    """Whether `pid` is a running `serving serve` on this server's port (not a reused pid)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    return "serve" in argv and "--http-port" in argv and str(server.port) in argv
+
+
+def _read_pid(run_dir: Path, server: LocalServer) -> Optional[int]:
+    """The pid of this server's supervisor, if its pid file names one that is still running."""
+    try:
+        pid = int(_read_record(run_dir, server)["pid"])
+    except (KeyError, TypeError, ValueError):
         return None
-    return pid if group_alive(pid) else None
+    return pid if group_alive(pid) and _serves(pid, server) else None
 
 
-def _port_taken(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def up(servers: Sequence[LocalServer], run_dir: Path, timeout: float = 120.0) -> int:
-    started = []
-    for server in servers:
-        if _read_pid(run_dir, server) is not None:
-            print(f"{server.key}: already running")
-            continue
-        if _port_taken(server.port):
-            raise ServerError(
-                f"{server.key}: port {server.port} is already in use by another process"
-            )
-        try:
-            read_bundle(server.model)
-        except BundleError as exc:
-            raise BundleError(f"backend {server.backend}: {exc}") from exc
-        process = start_server(
-            server.model, server.port, run_dir / "serving" / server.key, device=server.device
+def _check_startable(server: LocalServer, config_path: Path) -> None:
+    """Raise ServerError (one line, with the fix) if `server` cannot start here as it is."""
+    if port_in_use(server.port):
+        raise ServerError(
+            f"{server.key}: port {server.port} is already in use: stop what listens there, or "
+            f"give backend {server.backend} another endpoint in {config_path}"
         )
-        record = {
-            "pid": process.pid,
-            "backend": server.backend,
-            "url": server.url,
-            "model": str(server.model),
-            "device": server.device,
-            "started_at": time.time(),
-        }
-        _pid_file(run_dir, server).write_text(json.dumps(record) + "\n")
-        started.append((server, process))
-    for server, process in started:
-        try:
-            process.wait_ready(timeout)
-        except ServerError:
-            down([s for s, _ in started], run_dir)
-            raise
-        print(f"{server.key}: ready at {server.url} (pid {process.pid}, {server.device})")
-    return 0
+    try:
+        read_bundle(server.model)
+    except BundleError as exc:
+        raise ServerError(f"{server.key}: backend {server.backend}: {exc}") from exc
 
 
-def down(servers: Sequence[LocalServer], run_dir: Path) -> int:
+def _start(server: LocalServer, run_dir: Path, grace_s: float) -> ServerProcess:
+    process = start_server(
+        server.model,
+        server.port,
+        run_dir / "serving" / server.key,
+        device=server.device,
+        grace_s=grace_s,
+    )
+    record = {
+        "pid": process.pid,
+        "backend": server.backend,
+        "url": server.url,
+        "model": str(server.model),
+        "device": server.device,
+        "grace_s": grace_s,
+        "started_at": time.time(),
+    }
+    _pid_file(run_dir, server).write_text(json.dumps(record) + "\n")
+    return process
+
+
+def up(
+    servers: Sequence[LocalServer],
+    run_dir: Path,
+    config_path: Path,
+    grace_s: float = DEFAULT_GRACE_S,
+    timeout: float = 120.0,
+) -> int:
+    """Start each server not running yet and wait until it answers; all of them, or none.
+
+    Ports and bundles are checked before anything starts. If a server then fails, the ones
+    this call started are stopped again (those running before are left as they are) and the
+    ServerError names the failed server and the stopped ones.
+    """
+    to_start = []
     for server in servers:
         pid = _read_pid(run_dir, server)
         if pid is not None:
-            stop_process_group(pid)
-            print(f"{server.key}: stopped (pid {pid})")
+            print(f"{server.key}: already running (pid {pid})")
+        else:
+            to_start.append(server)
+    for server in to_start:
+        _check_startable(server, config_path)  # nothing started yet: nothing to undo
+    started: list[tuple[LocalServer, ServerProcess]] = []
+    current = None
+    try:
+        for current in to_start:
+            started.append((current, _start(current, run_dir, grace_s)))
+        for current, process in started:
+            process.wait_ready(timeout)
+            print(f"{current.key}: ready at {current.url} (pid {process.pid}, {current.device})")
+    except (ServerError, BundleError, OSError, KeyboardInterrupt) as exc:
+        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
+        failed = current.key if current is not None else "up"
+        stopped = _undo(started, run_dir)
+        raise ServerError(f"{failed}: {reason}\n{_undo_summary(failed, stopped)}") from exc
+    return 0
+
+
+def _undo(started: Sequence[tuple[LocalServer, ServerProcess]], run_dir: Path) -> list[str]:
+    """Stop the servers one `up` started (draining them, all at once); their keys."""
+    with ThreadPoolExecutor(max_workers=max(1, len(started))) as pool:
+        list(pool.map(lambda item: item[1].stop(), started))
+    for server, _ in started:
+        _pid_file(run_dir, server).unlink(missing_ok=True)
+    return [server.key for server, _ in started]
+
+
+def _undo_summary(failed: str, stopped: Sequence[str]) -> str:
+    """One line: what failed, what was stopped again; those running before were not touched."""
+    undone = ", ".join(stopped) if stopped else "nothing had started yet"
+    return (
+        f"up failed at {failed}; stopped again the servers this call had started: {undone} "
+        "(servers already running before were left running)"
+    )
+
+
+def down(servers: Sequence[LocalServer], run_dir: Path) -> int:
+    """Drain and stop every running server (all at once); say so when none was running."""
+    running = []
+    for server in servers:
+        pid = _read_pid(run_dir, server)
+        if pid is None:
+            print(f"{server.key}: not running")
+            _pid_file(run_dir, server).unlink(missing_ok=True)
+        else:
+            grace_s = float(_read_record(run_dir, server).get("grace_s", DEFAULT_GRACE_S))
+            running.append((server, pid, grace_s))
+    if not running:
+        print(f"nothing to stop: no server of this registry is running (run dir {run_dir})")
+        return 0
+    with ThreadPoolExecutor(max_workers=len(running)) as pool:
+        clean = list(pool.map(lambda item: stop_server(item[1], item[2]), running))
+    for (server, pid, grace_s), drained in zip(running, clean):
+        how = "" if drained else f", killed after {grace_s + STOP_MARGIN_S:g} s"
+        print(f"{server.key}: stopped (pid {pid}{how})")
         _pid_file(run_dir, server).unlink(missing_ok=True)
     return 0
 
@@ -154,8 +250,17 @@ def status(servers: Sequence[LocalServer], run_dir: Path) -> int:
     return 0 if all_ready else 1
 
 
-def write_systemd_units(servers: Sequence[LocalServer], out_dir: Path, run_dir: Path) -> list[Path]:
-    """Render deploy/systemd/paddle-serving.service.in once per server into `out_dir`."""
+def write_systemd_units(
+    servers: Sequence[LocalServer],
+    out_dir: Path,
+    run_dir: Path,
+    grace_s: float = DEFAULT_GRACE_S,
+) -> list[Path]:
+    """Render deploy/systemd/paddle-serving.service.in once per server into `out_dir`.
+
+    systemd waits TimeoutStopSec for the supervisor's drain before it kills the unit's cgroup,
+    so the unit allows the grace period plus the same margin as `down`.
+    """
     template = string.Template((REPO_ROOT / "deploy/systemd/paddle-serving.service.in").read_text())
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -170,6 +275,8 @@ def write_systemd_units(servers: Sequence[LocalServer], out_dir: Path, run_dir: 
                 port=server.port,
                 device=server.device,
                 workdir=run_dir / "serving" / server.key,
+                grace=f"{grace_s:g}s",
+                stop_timeout=f"{grace_s + STOP_MARGIN_S:g}s",
             )
         )
         written.append(unit)
@@ -179,15 +286,19 @@ def write_systemd_units(servers: Sequence[LocalServer], out_dir: Path, run_dir: 
 def run_command(
     command: str,
     config: Path,
-    run_dir: Path,
+    run_dir: Optional[Path] = None,
     only: Optional[Sequence[str]] = None,
     device: Optional[str] = None,
+    grace_s: float = DEFAULT_GRACE_S,
 ) -> int:
     servers = local_servers(config, only, device)
     if not servers:
         print(f"{config}: no backend with a local model and endpoint on this machine")
         return 0
-    (run_dir / "serving").mkdir(parents=True, exist_ok=True)
-    actions: dict[str, Any] = {"up": up, "down": down, "status": status}
-    code: int = actions[command](servers, run_dir.resolve())
-    return code
+    run_dir = (run_dir or default_run_dir(config)).resolve()
+    if command == "up":
+        (run_dir / "serving").mkdir(parents=True, exist_ok=True)
+        return up(servers, run_dir, config, grace_s)
+    if command == "down":
+        return down(servers, run_dir)
+    return status(servers, run_dir)

@@ -1,8 +1,16 @@
-"""Start, probe and stop pipeline servers as background processes (used by `up`, tests, demo)."""
+"""Start, probe and stop pipeline servers as background processes (used by `up`, tests, demo).
+
+A server is `python -m serving serve` in a session of its own: a supervisor (the session's
+group leader) and its Paddle Serving worker and gateway (in a process group of their own, tied
+to the supervisor: see `serving.supervisor`). It is stopped by SIGTERM to the supervisor,
+which drains the worker for at most its grace period and exits once nothing of its tree is left;
+SIGKILL to the whole tree is only the fallback past grace + a margin.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -17,8 +25,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from serving.bundle import BundleMeta, read_bundle
+from serving.supervisor import signal_tree
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_GRACE_S = 10.0
+# Past the grace period: the worker's exit and the supervisor's reaping (serving.supervisor
+# allows itself EXIT_MARGIN_S, then kills and reaps); then the caller's SIGKILL to the group.
+STOP_MARGIN_S = 10.0
 
 
 class ServerError(Exception):
@@ -29,6 +42,30 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def port_in_use(port: int) -> bool:
+    """Whether a server could not listen on `port` on every interface, as Paddle Serving does.
+
+    SO_REUSEADDR as servers set it: a connection of an earlier server still in TIME_WAIT does
+    not make the port busy. The IPv6 socket (when there is one) also covers IPv4.
+    """
+    family = socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError:
+        family, sock = socket.AF_INET, socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        try:
+            sock.bind(("", port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return True
+            raise
+    return False
 
 
 def probe_request(meta: BundleMeta) -> dict[str, Any]:
@@ -70,6 +107,7 @@ class ServerProcess:
     http_port: int
     workdir: Path
     process: subprocess.Popen[bytes]
+    grace_s: float = DEFAULT_GRACE_S
 
     @property
     def pid(self) -> int:
@@ -98,24 +136,23 @@ class ServerProcess:
             + self.log_tail()
         )
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM the server's process group (resuming it first if suspended), then SIGKILL."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, signal.SIGCONT)
-        stop_process_group(self.pid, timeout)
+    def stop(self) -> bool:
+        """Drain and stop the server (resuming it first if suspended); see `stop_server`."""
+        signal_tree(self.pid, signal.SIGCONT)
+        clean = stop_server(self.pid, self.grace_s)
         self.process.wait()
+        return clean
 
-    # Fault injection (tests, benchmarks): the whole group, gateway included.
+    # Fault injection (tests, benchmarks): the whole process tree, worker and gateway included.
     def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, signal.SIGKILL)
+        signal_tree(self.pid, signal.SIGKILL)
         self.process.wait()
 
     def suspend(self) -> None:
-        os.killpg(self.pid, signal.SIGSTOP)
+        signal_tree(self.pid, signal.SIGSTOP)
 
     def resume(self) -> None:
-        os.killpg(self.pid, signal.SIGCONT)
+        signal_tree(self.pid, signal.SIGCONT)
 
 
 def log_tail(path: Path, lines: int = 30) -> str:
@@ -134,6 +171,7 @@ def start_server(
     concurrency: int = 1,
     batch_size: int = 1,
     rpc_port: Optional[int] = None,
+    grace_s: float = DEFAULT_GRACE_S,
     env: Optional[dict[str, str]] = None,
 ) -> ServerProcess:
     """Start `python -m serving serve` in a new session; returns at once (see `wait_ready`)."""
@@ -148,6 +186,7 @@ def start_server(
         "--concurrency", str(concurrency),
         "--batch-size", str(batch_size),
         "--workdir", str(workdir.resolve()),
+        "--grace", str(grace_s),
     ]  # fmt: skip
     with open(workdir / "server.log", "ab") as log_file:
         process = subprocess.Popen(
@@ -159,7 +198,30 @@ def start_server(
             start_new_session=True,  # its own process group: stop() takes every child with it
             env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})},
         )
-    return ServerProcess(bundle_dir, meta, http_port, workdir, process)
+    return ServerProcess(bundle_dir, meta, http_port, workdir, process, grace_s)
+
+
+def stop_server(pid: int, grace_s: float = DEFAULT_GRACE_S) -> bool:
+    """SIGTERM the supervisor `pid` only: it drains its worker for at most `grace_s` and exits
+    once nothing of its tree is left. Its process group gets SIGKILL if anything of it is still
+    there after grace + STOP_MARGIN_S. True when the stop was clean (no SIGKILL needed).
+
+    Not the whole tree: SIGTERM is the supervisor's cue, and the worker and gateway leave
+    stopping to it (they ignore SIGTERM, so a SIGTERM to all of them would do no harm either).
+    """
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + grace_s + STOP_MARGIN_S
+    while time.monotonic() < deadline:
+        if not group_alive(pid):
+            return True
+        time.sleep(0.1)
+    signal_tree(pid, signal.SIGKILL)  # the worker's group too, though it dies with the supervisor
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    return False
 
 
 def stop_process_group(pid: int, timeout: float = 10.0) -> None:

@@ -8,19 +8,11 @@ Serving turns into a reply with `err_no != 0` and our message in `err_msg`.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
 import logging
-import os
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -146,64 +138,3 @@ def build_service(options: ServeOptions) -> Any:
     service = BundleService(name=meta.name)
     service.prepare_pipeline_config(yml_dict=pipeline_config(options, meta))
     return service
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every live descendant of `pid`, from /proc (Paddle Serving starts several processes)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _kill_descendants() -> None:
-    for child in _descendants(os.getpid()):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child, signal.SIGKILL)
-
-
-def supervise(worker_command: list[str]) -> int:
-    """Run the server as a child and take its whole process tree down with us.
-
-    Paddle installs its own SIGTERM handler once a predictor exists, and Paddle Serving's HTTP
-    gateway is a child process that outlives its parent; so the process that receives signals
-    is this small supervisor, which never imports Paddle.
-    """
-    worker = subprocess.Popen(worker_command)
-
-    def stop(signum: int, _frame: Optional[FrameType]) -> None:
-        _kill_descendants()
-        os._exit(128 + signum)
-
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, stop)
-    code = worker.wait()
-    _kill_descendants()  # the gateway, orphaned when the worker died on its own
-    return code
-
-
-def serve_forever(options: ServeOptions, workdir: Path) -> None:
-    """Run the server in this process from `workdir` (the supervisor's worker)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    bundle_dir = options.bundle_dir.resolve()
-    os.chdir(workdir)  # Paddle Serving writes PipelineServingLogs/ and ProcessInfo.json into cwd
-    service = build_service(dataclasses.replace(options, bundle_dir=bundle_dir))
-    print(
-        f"serving {bundle_dir} on http://127.0.0.1:{options.http_port} "
-        f"(rpc {options.rpc_port}, {options.device}, workdir {workdir}) at {time.strftime('%X')}",
-        file=sys.stderr,
-        flush=True,
-    )
-    service.run_service()

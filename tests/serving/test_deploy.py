@@ -1,4 +1,7 @@
-"""scripts/deploy.sh up, status, down on CPU, with systemd units written on the way."""
+"""scripts/deploy.sh up, status, down on CPU, with systemd units written on the way.
+
+Run from / with the registry given by its absolute path: the run dir is found beside the
+registry, not in the caller's working directory."""
 
 from __future__ import annotations
 
@@ -12,9 +15,13 @@ from serving.launcher import free_port
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _deploy(*args: str) -> subprocess.CompletedProcess[str]:
+def _deploy(*args: str, cwd: Path = Path("/")) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["scripts/deploy.sh", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+        [str(REPO_ROOT / "scripts/deploy.sh"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -35,13 +42,14 @@ def test_deploy_up_status_down(demo_models: Path, tmp_path: Path) -> None:
             }
         )
     )
-    common = ["--config", str(config), "--run-dir", str(tmp_path / "run")]
-    up = _deploy("up", *common, "--systemd", str(tmp_path / "units"))
+    common = ["--config", str(config)]
+    up = _deploy("up", *common, "--grace", "7s", "--systemd", "units", cwd=tmp_path)
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert f"ready at http://127.0.0.1:{port}" in up.stdout
         unit = (tmp_path / "units" / f"paddle-serving-sentiment-v2-{port}.service").read_text()
         assert f"--http-port {port} --device cpu" in unit
+        assert "--grace 7s" in unit and "KillMode=mixed" in unit and "TimeoutStopSec=17s" in unit
         assert (tmp_path / "run" / "serving" / f"sentiment-v2-{port}" / "server.log").exists()
 
         status = _deploy("status", *common)
@@ -50,14 +58,17 @@ def test_deploy_up_status_down(demo_models: Path, tmp_path: Path) -> None:
     finally:
         down = _deploy("down", *common)
     assert down.returncode == 0, down.stderr
-    assert "stopped" in down.stdout
+    assert f"sentiment-v2-{port}: stopped (pid" in down.stdout, down.stdout
     after = _deploy("status", *common)
     assert after.returncode == 1
     assert " no" in after.stdout
+    again = _deploy("down", *common)
+    assert again.returncode == 0 and "nothing to stop" in again.stdout, again.stdout
 
 
 def test_deploy_rejects_bad_arguments(tmp_path: Path) -> None:
     assert _deploy("sideways").returncode == 2
+    assert "--config needs a value" in _deploy("status", "--config").stderr
     missing = _deploy("status", "--config", str(tmp_path / "nope.yaml"))
     assert missing.returncode == 2 and "registry not found" in missing.stderr
     assert "usage: scripts/deploy.sh" in _deploy("--help").stdout
