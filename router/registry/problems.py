@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import ValidationError
+
+# A problem is one line of a log or a terminal, however long the key or value it echoes.
+MAX_PROBLEM_CHARS = 1000
+_WHITESPACE_RUN = re.compile(r"\s*[\r\n]\s*")
 
 _MESSAGES = {
     "missing": "required",
@@ -54,3 +59,17 @@ def message(error: Any) -> str:
     if text.startswith("Input should be"):
         return "must be" + text[len("Input should be") :]
     return text
+
+
+def one_line(text: str) -> str:
+    """`text` as one line of at most MAX_PROBLEM_CHARS characters (line breaks become spaces)."""
+    flat = _WHITESPACE_RUN.sub(" ", text).strip()
+    if len(flat) > MAX_PROBLEM_CHARS:
+        return flat[: MAX_PROBLEM_CHARS - 3] + "..."
+    return flat
+
+
+def exception_line(exc: BaseException) -> str:
+    """An unexpected exception as one line: its type, then its message."""
+    text = one_line(str(exc))
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

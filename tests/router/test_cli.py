@@ -12,6 +12,7 @@ import yaml
 
 from router.__main__ import main
 from tests.router.data import load_table
+from tests.router.registry.test_hostile_files import HOSTILE, Write
 from tests.support import REPO
 
 VECTORS = load_table("assign_two_arm.json")
@@ -68,3 +69,36 @@ def test_module_entry_point_runs() -> None:
         cwd=REPO, capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert "bucket 9409" in done.stdout and "variant control" in done.stdout
+
+
+def run_router(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "router", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "write", "says"), HOSTILE, ids=[c[0] for c in HOSTILE])
+def test_check_of_a_file_that_is_no_registry_is_one_line_and_exit_1(
+    tmp_path: Path, case: str, write: Write, says: str
+) -> None:
+    path = tmp_path / "experiments.yaml"
+    write(path)
+    done = run_router("check", "--config", str(path))
+    assert done.returncode == 1
+    assert done.stdout == ""
+    [line] = done.stderr.splitlines()  # no traceback, no second line
+    assert line.startswith(f"error: {path}: ") and says in line
+
+
+@pytest.mark.parametrize("case", ["complex key", "FIFO", "symlink to /dev/zero", "empty"])
+def test_serving_a_file_that_is_no_registry_is_one_line_and_exit_1(
+    tmp_path: Path, case: str
+) -> None:
+    [(_, write, says)] = [c for c in HOSTILE if c[0] == case]
+    path = tmp_path / "experiments.yaml"
+    write(path)
+    done = run_router("--config", str(path), "--port", "0")
+    assert done.returncode == 1
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"error: {path}: ") and says in line
