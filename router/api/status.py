@@ -45,6 +45,8 @@ class StatusViews:
                         "source": status.source,
                         "at": status.at,
                         "error": status.error,
+                        # The registry in force is older than the file since then.
+                        "not_in_force_since": status.not_in_force_since,
                     },
                 },
                 "experiments": {

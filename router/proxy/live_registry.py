@@ -41,6 +41,9 @@ class ReloadStatus:
     source: str = "startup"
     at: str = field(default_factory=utc_now_iso)
     error: Optional[str] = None
+    # When the file stopped being the registry in force: the first of the failed reloads in a
+    # row (None while the last reload succeeded).
+    not_in_force_since: Optional[str] = None
 
 
 class LiveRegistry:

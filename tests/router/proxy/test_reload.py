@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 import pytest_asyncio
 import yaml
 from aiohttp.test_utils import TestClient
 
+import router.proxy.reload
 from router.app import ON_RELOAD, create_app
 from router.registry.loading import load_config
 from router.registry.schema import RouterConfig
@@ -217,3 +220,111 @@ async def test_in_flight_requests_finish_on_their_registry(setup: Setup) -> None
     assert response.status == 200
     assert (await response.json())["experiment"]["group"] == "treatment"
     assert (await setup.client.post("/sentiment/prediction", json=DEMO_BODY)).status == 404
+
+
+# --- the watch survives anything -------------------------------------------------------------
+
+
+def replace_with(path: Path, make: Callable[[Path], object]) -> None:
+    """Put what `make` creates in place of the registry in one rename, as editors save."""
+    scratch = path.with_name(path.name + ".new")
+    make(scratch)
+    os.replace(scratch, path)
+
+
+HOSTILE: dict[str, Callable[[Path], object]] = {
+    "complex key": lambda p: p.write_text("? [a, b] : c\n"),
+    "100k nested [": lambda p: p.write_text("[" * 100_000 + "\n"),
+    "FIFO": os.mkfifo,
+    "symlink to /dev/zero": lambda p: p.symlink_to("/dev/zero"),
+    "2 MiB": lambda p: p.write_bytes(b"#" * (2 << 20)),
+    "invalid UTF-8": lambda p: p.write_bytes(b"router: {host: \xff}\n"),
+    "empty": lambda p: p.write_text(""),
+}
+
+
+async def test_files_the_watch_cannot_use_are_shown_and_the_next_edit_applies(
+    setup: Setup,
+) -> None:
+    app = setup.client.app
+    assert app is not None
+    for index, (case, make) in enumerate(HOSTILE.items()):
+        replace_with(setup.path, make)
+        await setup.wait_for(reload_failed)
+        last = (await setup.state())["config"]["last_reload"]
+        assert last["error"].startswith(f"{setup.path}: ") and "\n" not in last["error"], case
+        assert last["not_in_force_since"] is not None
+        assert metric(app, "router_config_last_reload_success") == 0
+        assert metric(app, "router_config_reloads_total", result="error") == index + 1
+        response = await setup.client.post("/sentiment/prediction", json=DEMO_BODY)
+        assert response.status == 200
+        # The next valid edit, by the watch alone (no SIGHUP).
+        traffic = 10 + index
+        valid = yaml.safe_dump(
+            merge_patch(setup.raw, {"experiments": {"sentiment": {"traffic": traffic}}})
+        )
+        replace_with(setup.path, lambda scratch: scratch.write_text(valid))  # noqa: B023
+        await setup.wait_for(traffic_is(traffic))
+        assert (await setup.state())["config"]["last_reload"]["not_in_force_since"] is None
+        assert metric(app, "router_config_last_reload_success") == 1
+
+
+async def test_the_file_is_not_in_force_since_the_first_of_the_failed_reloads(
+    setup: Setup,
+) -> None:
+    replace_with(setup.path, HOSTILE["complex key"])
+    await setup.wait_for(reload_failed)
+    first = (await setup.state())["config"]["last_reload"]
+    assert first["not_in_force_since"] == first["at"]
+    replace_with(setup.path, HOSTILE["empty"])
+    await setup.wait_for(lambda s: "empty" in s["config"]["last_reload"]["error"])
+    second = (await setup.state())["config"]["last_reload"]
+    assert second["at"] >= first["at"]
+    assert second["not_in_force_since"] == first["at"]
+
+
+async def test_a_reload_that_raises_is_logged_counted_shown_and_the_watch_goes_on(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug on the reload path (here the loader raising what it never should) does not end
+    the watch: logged with its traceback, counted, shown; the next edit applies."""
+    calls = 0
+
+    def flaky(path: Path) -> RouterConfig:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise TypeError("unhashable type: 'list'")
+        return load_config(path)
+
+    monkeypatch.setattr(router.proxy.reload, "load_config", flaky)
+    app = setup.client.app
+    assert app is not None
+    with caplog.at_level(logging.ERROR, logger="router.proxy.reload"):
+        setup.write({"experiments": {"sentiment": {"traffic": 60}}})
+        await setup.wait_for(reload_failed)
+    error = (await setup.state())["config"]["last_reload"]["error"]
+    assert error == f"{setup.path}: reload failed: TypeError: unhashable type: 'list'"
+    assert metric(app, "router_config_last_reload_success") == 0
+    assert metric(app, "router_config_reloads_total", result="error") == 1
+    [logged] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert logged.exc_info is not None and logged.exc_info[0] is TypeError
+    setup.write({"experiments": {"sentiment": {"traffic": 70}}})
+    await setup.wait_for(traffic_is(70))
+    assert metric(app, "router_config_last_reload_success") == 1
+
+
+def failing_hook(old: RouterConfig, new: RouterConfig) -> list[dict[str, Any]]:
+    raise RuntimeError("hook broke")
+
+
+@pytest.mark.parametrize("setup", [failing_hook], indirect=True)
+async def test_a_failing_reload_hook_is_shown_and_the_registry_is_in_force(setup: Setup) -> None:
+    setup.write({"experiments": {"sentiment": {"traffic": 70}}})
+    await setup.wait_for(traffic_is(70))
+    last = (await setup.state())["config"]["last_reload"]
+    assert last["ok"] is False and "in force, but the reload hook failed" in last["error"]
+    assert last["not_in_force_since"] is None  # it is in force
+    app = setup.client.app
+    assert app is not None
+    assert metric(app, "router_config_last_reload_success") == 0
