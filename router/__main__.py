@@ -59,7 +59,8 @@ def _assign(args: argparse.Namespace, config: RouterConfig) -> int:
 
 
 def _serve(args: argparse.Namespace, config: RouterConfig) -> int:
-    from router.server import serve
+    from router.guard.runtime import StartRefused
+    from router.server import CannotListen, serve
 
     try:
         import uvloop
@@ -71,6 +72,11 @@ def _serve(args: argparse.Namespace, config: RouterConfig) -> int:
     port = config.router.port if args.port is None else args.port
     try:
         loop.run_until_complete(serve(config, args.config, host, port, watch=not args.no_watch))
+    except (CannotListen, StartRefused) as exc:
+        # The operator's to fix, not a bug: one line each, no traceback.
+        for line in str(exc).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return 1
     finally:
         loop.close()
     return 0

@@ -6,7 +6,13 @@ directory is fsync'ed too, so the rename itself survives a power cut.
 
 Loading never raises: a missing file is a first start; a file that cannot be read or parsed is
 logged, kept aside as `<name>.json.corrupt-<epoch>` for inspection, and reported as unreadable
-(the guard then holds that experiment rolled back until an operator resumes it).
+(the guard then holds that experiment rolled back until an operator resumes it). `read_all`
+only reads, so that a start refused after reading (router.guard.runtime) moves nothing aside.
+
+Next to the state, a file keeps the experiment's `assignment`: a digest of each registry setting
+that decides which arm a unit gets (salt, variants, layer; router.guard.runtime
+`assignment_facets`), so that a restart can tell that one changed without a new revision. Files
+written before it was kept have none; they load as before.
 """
 
 from __future__ import annotations
@@ -39,8 +45,30 @@ class StateFileError(ValueError):
     """A state file whose content is not a valid rollout state; the message names the place."""
 
 
-def state_to_json(experiment: str, state: RolloutState) -> dict[str, Any]:
-    return {"schema": SCHEMA, "experiment": experiment, "state": dataclasses.asdict(state)}
+# Per experiment: setting name (salt, variants, layer) -> digest of its value.
+Assignment = Mapping[str, str]
+
+
+def state_to_json(
+    experiment: str, state: RolloutState, assignment: Optional[Assignment] = None
+) -> dict[str, Any]:
+    document = {"schema": SCHEMA, "experiment": experiment, "state": dataclasses.asdict(state)}
+    if assignment is not None:
+        document["assignment"] = dict(assignment)
+    return document
+
+
+def assignment_from_json(data: Any) -> Optional[dict[str, str]]:
+    """The document's `assignment` (None in files written before it was kept); raises
+    StateFileError if it is not an object of strings."""
+    if not isinstance(data, dict) or "assignment" not in data:
+        return None
+    value = data["assignment"]
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise StateFileError(f"assignment: invalid value {value!r:.200}")
+    return dict(value)
 
 
 def state_from_json(data: Any, experiment: str) -> RolloutState:
@@ -96,10 +124,18 @@ _FIELD_CHECKS: dict[str, Any] = {
 }
 
 
+@dataclass(frozen=True)
+class SavedState:
+    state: RolloutState
+    assignment: Optional[dict[str, str]]  # None: saved before assignments were kept
+
+
 @dataclass
 class LoadedStates:
     states: dict[str, RolloutState] = field(default_factory=dict)
     unreadable: dict[str, str] = field(default_factory=dict)  # experiment -> problem
+    # experiment -> its saved assignment (absent for files written before they were kept)
+    assignments: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 class StateStore:
@@ -115,10 +151,14 @@ class StateStore:
             raise ValueError(f"experiment name {experiment!r} is not usable as a file name")
         return self.directory / f"{experiment}.json"
 
-    def save(self, experiment: str, state: RolloutState) -> None:
-        """Write one state atomically; raises OSError if the disk refuses."""
+    def save(
+        self, experiment: str, state: RolloutState, assignment: Optional[Assignment] = None
+    ) -> None:
+        """Write one state (and the assignment it runs with) atomically; raises OSError if the
+        disk refuses."""
         path = self.path_for(experiment)
-        text = json.dumps(state_to_json(experiment, state), indent=2, sort_keys=True) + "\n"
+        document = state_to_json(experiment, state, assignment)
+        text = json.dumps(document, indent=2, sort_keys=True) + "\n"
         with self._lock:
             self.directory.mkdir(parents=True, exist_ok=True)
             descriptor, temporary = tempfile.mkstemp(
@@ -136,12 +176,17 @@ class StateStore:
                 raise
             _fsync_directory(self.directory)
 
-    def save_all(self, states: Mapping[str, RolloutState]) -> list[str]:
-        """Write each state; returns the experiments that could not be written (logged)."""
+    def save_all(
+        self,
+        states: Mapping[str, RolloutState],
+        assignments: Optional[Mapping[str, Assignment]] = None,
+    ) -> list[str]:
+        """Write each state, with its experiment's assignment if given; returns the experiments
+        that could not be written (logged)."""
         failed = []
         for experiment, state in states.items():
             try:
-                self.save(experiment, state)
+                self.save(experiment, state, (assignments or {}).get(experiment))
             except OSError as exc:
                 log.error("cannot save rollout state of %s: %s", experiment, exc)
                 failed.append(experiment)
@@ -149,6 +194,12 @@ class StateStore:
 
     def load(self, experiment: str) -> Optional[RolloutState]:
         """The saved state, None if there is none; raises StateFileError or OSError."""
+        saved = self.load_saved(experiment)
+        return saved.state if saved is not None else None
+
+    def load_saved(self, experiment: str) -> Optional[SavedState]:
+        """The saved state and assignment, None if there is none; raises StateFileError or
+        OSError."""
         path = self.path_for(experiment)
         try:
             text = path.read_text(encoding="utf-8")
@@ -161,32 +212,43 @@ class StateStore:
         except ValueError as exc:
             raise StateFileError(f"not JSON: {exc}") from exc
         try:
-            return state_from_json(data, experiment)
+            return SavedState(state_from_json(data, experiment), assignment_from_json(data))
         except TypeError as exc:  # a field combination RolloutState rejects
             raise StateFileError(str(exc)) from exc
 
     def load_all(self, experiments: Iterable[str]) -> LoadedStates:
         """The saved states of these experiments; unreadable ones are logged and set aside."""
+        loaded = self.read_all(experiments)
+        self.set_aside_unreadable(loaded)
+        return loaded
+
+    def read_all(self, experiments: Iterable[str]) -> LoadedStates:
+        """The saved states of these experiments, and the problems of the unreadable ones;
+        changes nothing on disk."""
         loaded = LoadedStates()
         for experiment in experiments:
             try:
-                state = self.load(experiment)
+                saved = self.load_saved(experiment)
             except (StateFileError, OSError) as exc:
-                path = self.path_for(experiment)
-                kept = self._set_aside(path)
-                problem = f"{path}: {exc}"
-                log.error(
-                    "rollout state unreadable: %s; %s; %s stays rolled back until an operator "
-                    "resumes it",
-                    problem,
-                    f"kept as {kept.name}" if kept else "could not move it aside",
-                    experiment,
-                )
-                loaded.unreadable[experiment] = problem
+                loaded.unreadable[experiment] = f"{self.path_for(experiment)}: {exc}"
                 continue
-            if state is not None:
-                loaded.states[experiment] = state
+            if saved is not None:
+                loaded.states[experiment] = saved.state
+                if saved.assignment is not None:
+                    loaded.assignments[experiment] = saved.assignment
         return loaded
+
+    def set_aside_unreadable(self, loaded: LoadedStates) -> None:
+        """Move the unreadable files out of the way of the next save, and log each."""
+        for experiment, problem in loaded.unreadable.items():
+            kept = self._set_aside(self.path_for(experiment))
+            log.error(
+                "rollout state unreadable: %s; %s; %s stays rolled back until an operator "
+                "resumes it",
+                problem,
+                f"kept as {kept.name}" if kept else "could not move it aside",
+                experiment,
+            )
 
     @staticmethod
     def _set_aside(path: Path) -> Optional[Path]:
