@@ -14,7 +14,10 @@ This client does one thing, the call a Paddle Serving pipeline needs, in a tenth
 - one deadline per call covering the wait for a slot, the connect, the send and the reply;
 - a reused connection that closes before the first byte of the reply (the server closed it as
   idle) is retried once on a new one, as browsers and Go's http.Transport do; a prediction is
-  safe to repeat.
+  safe to repeat;
+- a connection that receives bytes nobody asked for (after the reply, or while idle) or that
+  the server closed is dropped, never reused: its next reply could not be told from what the
+  server sent before (a call on it would wait out its deadline, or read a stale answer).
 
 Two ways to call: `request`, a coroutine that waits for a free slot or connects if it must, and
 `start_now` for the request path, which sends at once on an idle connection whose reply goes to
@@ -147,6 +150,7 @@ class Connection(asyncio.Protocol):
                 self._abandon(BackendHttpError(f"malformed reply: {exc}"))
 
     def eof_received(self) -> Optional[bool]:
+        self.keep_alive = False  # the server is done with it: never back to the pool
         return False  # close our side too
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
@@ -162,6 +166,11 @@ class Connection(asyncio.Protocol):
         self._on_closed(self)
 
     # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self._deliver is None:  # a reply after the reply: bytes nobody asked for
+            # Raised inside feed_data, which wraps it; data_received then drops the connection.
+            raise BackendHttpError("the server sent bytes after its reply")
 
     def on_headers_complete(self) -> None:
         self._headers_done = True

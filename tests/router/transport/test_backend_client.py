@@ -374,3 +374,56 @@ def test_start_now_delivers_a_closed_idle_connection_as_stale(new_loop: LoopFact
         await backend.stop()
 
     run(new_loop, test)
+
+
+# Bytes a backend sent after its reply, in the same packet: on a reused connection, each would
+# be read as (the start of) the next call's reply.
+UNSOLICITED = {
+    "the head of another reply": b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n",
+    "a whole other reply": ok(b'{"n":0}'),
+    "a status line": b"HTTP/1.1 200 OK\r\n",
+}
+
+
+@LOOPS
+@pytest.mark.parametrize("extra", list(UNSOLICITED.values()), ids=list(UNSOLICITED))
+def test_a_connection_that_received_bytes_nobody_asked_for_is_never_reused(
+    new_loop: LoopFactory, extra: bytes
+) -> None:
+    async def check(pool: ConnectionPool, backend: Scripted, origin: Origin) -> None:
+        assert (await call(pool, origin)).body == b'{"n":1}'
+
+        # As the request path does: the connection goes back to the pool from the reply's
+        # callback, before the bytes after the reply are read.
+        outcome: asyncio.Future[Union[HttpReply, BackendHttpError]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        taken: list[backend_http.Connection] = []
+
+        def deliver(delivered: Union[HttpReply, BackendHttpError]) -> None:
+            outcome.set_result(delivered)
+            pool.done(origin, taken[0])
+
+        head = request_head(origin, "POST", "/m/prediction", "application/json")
+        connection = pool.start_now(origin, head, b"{}", 2.0, deliver)
+        assert connection is not None
+        taken.append(connection)
+        assert await outcome == HttpReply(200, b'{"n":2}')
+        assert connection.closed and pool.open_connections == 0, "dropped, not pooled"
+
+        # The next call goes out on a new connection and gets its own reply, at once (before:
+        # the stale bytes were read as the start of its reply, and it waited out its deadline).
+        assert await call(pool, origin, timeout_s=1.0) == HttpReply(200, b'{"n":3}')
+        assert backend.connections == 2 and pool.open_connections == 0
+
+    async def test() -> None:
+        backend = Scripted([ok(b'{"n":1}'), ok(b'{"n":2}') + extra, ok(b'{"n":3}') + extra])
+        origin = await backend.start()
+        pool = new_pool()
+        try:
+            await check(pool, backend, origin)
+        finally:  # a failure must leave nothing open: uvloop's close would wait for it
+            await pool.close()
+            await backend.stop()
+
+    run(new_loop, test)
