@@ -2,8 +2,17 @@
 
 The generic op decodes each feed named in the bundle's metadata from the pipeline request
 (`{"key": [...], "value": ["<JSON array>", ...]}`), checks its shape, casts it to the feed's
-dtype, and returns every fetch as JSON text. A bad request raises in `preprocess`, which Paddle
-Serving turns into a reply with `err_no != 0` and our message in `err_msg`.
+dtype, and returns every fetch as JSON text.
+
+Input the model cannot take (an unknown or missing feed name, a shape, dtype or batch size that
+does not fit the bundle's metadata, a value that is not a JSON array of numbers) is answered
+with `err_no` BAD_INPUT_ERR_NO (51) and the reason in `err_msg`: `preprocess` returns it as
+Paddle Serving's product error code, which becomes the reply's `err_no`/`err_msg` as it is.
+The router reads 51 as "the client's input is invalid" (router.proxy.upstreams keeps the same
+constant; a test checks they agree) and, when control says so too, answers 400 `bad_input`
+without counting it against any arm (docs/router.md, "Errors"). Every other failure (an error
+inside Paddle inference, such as a token id past the model's vocabulary) keeps Paddle Serving's
+own code, 10000 or another of its ChannelDataErrcode values, and counts as the backend's.
 """
 
 from __future__ import annotations
@@ -12,7 +21,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -21,6 +30,10 @@ from serving.bundle import BundleMeta, read_bundle
 log = logging.getLogger("serving")
 
 OP_NAME = "bundle"
+# The reply's `err_no` for input the model cannot take. Paddle Serving leaves 51-99 to products
+# (pipeline/error_catch.py: ProductErrCode) and uses 0, 50 and 3000-10000 itself, so 51 is never
+# one of its own errors. The router's copy: router.proxy.upstreams.BAD_INPUT_ERR_NO.
+BAD_INPUT_ERR_NO = 51
 
 
 @dataclass(frozen=True)
@@ -86,7 +99,7 @@ def decode_feeds(meta: BundleMeta, request: dict[str, Any]) -> dict[str, np.ndar
         raw = request[spec.name]
         try:
             value = json.loads(raw) if isinstance(raw, (str, bytes)) else raw
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             raise ValueError(f"feed '{spec.name}': not a JSON array ({exc})") from exc
         try:
             array = np.asarray(value)
@@ -122,9 +135,14 @@ def build_service(options: ServeOptions) -> Any:
     class BundleOp(Op):  # type: ignore[misc]
         def preprocess(
             self, input_dicts: dict[str, Any], data_id: int, log_id: int
-        ) -> tuple[dict[str, np.ndarray], bool, None, str]:
+        ) -> tuple[Optional[dict[str, np.ndarray]], bool, Optional[int], str]:
             ((_, request),) = input_dicts.items()
-            return decode_feeds(meta, request), False, None, ""
+            try:
+                return decode_feeds(meta, request), False, None, ""
+            except ValueError as exc:
+                # A product error code, not an exception: Paddle Serving would report an
+                # exception as its own error 10000, which nobody could tell from a broken model.
+                return None, False, BAD_INPUT_ERR_NO, str(exc)
 
         def postprocess(
             self, input_dicts: dict[str, Any], fetch_dict: dict[str, Any], data_id: int, log_id: int

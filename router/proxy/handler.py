@@ -25,6 +25,14 @@ the user gets control's answer marked `fallback: true` while the failure still c
 the treatment (`assigned` and `served` are logged separately). When no arm answers: 502, or 504
 if the last failure was a timeout.
 
+Whose fault is a failure: control is the reference for what valid input is. A backend that
+answers `err_no` BAD_INPUT_ERR_NO (router.proxy.upstreams) calls the input invalid. When control
+says so (assigned, or asked after the treatment), the client gets 400 `bad_input` with control's
+message, and no arm's SLO counts the request: the client picks its unit id, so bad input sent
+from treatment units must not roll a healthy treatment back. When the treatment calls bad input
+what control answers, that is the treatment's failure (fallback to control's answer, observed
+against the treatment). With `fallback: none` control is still asked, to judge the input only.
+
 QA: `X-Variant-Override: <arm>` with the admin token (`Authorization: Bearer <token>`) serves
 that arm, whatever the assignment and the rollout state say; the exposure is logged with
 `override: true` and `enrolled: false`, so the analysis never counts it. Without a valid token
@@ -88,6 +96,9 @@ class _Outcome(NamedTuple):
     reply: Optional[BackendReply]
     fallback: bool
     failures: tuple[BackendFailure, ...]  # in call order: the assigned arm's, then control's
+    # Control's verdict on the input: True, it answered it; False, it called it bad input (the
+    # answer is a 400); None, it was not asked or failed for its own reasons.
+    verdict: Optional[bool]
 
 
 class _Admission(NamedTuple):
@@ -296,7 +307,7 @@ class ProxyHandler:
             self._go_on_in_task(exchange, Resume(attempt.endpoint, failure))
             return
         try:
-            self._answer(exchange, _Outcome(exchange.admission.assigned, reply, False, ()))
+            self._answer(exchange, _Outcome(exchange.admission.assigned, reply, False, (), None))
         except Exception:  # here, it would fail the backend connection instead
             self._answer_failed(exchange)
         attempt.release()
@@ -307,13 +318,13 @@ class ProxyHandler:
         task.add_done_callback(self._waiting.discard)
 
     async def _go_on(self, exchange: _Exchange, resume: Optional[Resume]) -> None:
-        control_answer: Optional[asyncio.Future[Optional[BackendReply]]] = None
+        control_answer: Optional[asyncio.Future[Optional[_Outcome]]] = None
         try:
             if exchange.admission.shadow_arm is not None:
                 control_answer = self._shadow(exchange, exchange.admission.shadow_arm)
             outcome = await self._serve(exchange, resume)
             if control_answer is not None:
-                control_answer.set_result(outcome.reply)
+                control_answer.set_result(outcome)
             self._answer(exchange, outcome)
         except Exception:
             self._answer_failed(exchange)
@@ -351,6 +362,15 @@ class ProxyHandler:
                     reply,
                     _experiment_json(name, assigned, reply.version, enrolled, outcome.fallback),
                 ),
+            )
+        elif outcome.verdict is False:  # control called the input bad: the client's error
+            answer = error_answer(
+                400,
+                "bad_input",
+                outcome.failures[-1].err_msg or str(outcome.failures[-1]),
+                {"X-Experiment": name, "X-Variant": assigned, "X-Request-Id": request_id},
+                request_id=request_id,
+                experiment=_experiment_info(name, assigned, None, enrolled, False),
             )
         else:
             last = outcome.failures[-1]
@@ -414,7 +434,7 @@ class ProxyHandler:
 
     async def _serve(self, exchange: _Exchange, resume: Optional[Resume]) -> _Outcome:
         """Call the assigned arm (going on from `resume`); if it fails, control, where the
-        experiment falls back to it."""
+        experiment falls back to it or only to judge input the arm called bad."""
         snapshot, assigned, control = (
             exchange.admission.snapshot,
             exchange.admission.assigned,
@@ -428,23 +448,29 @@ class ProxyHandler:
         )
         try:
             reply = await call(backends[assigned.backend], path, body, content_type, resume)
-            return _Outcome(assigned, reply, False, ())
+            return _Outcome(assigned, reply, False, (), True if assigned is control else None)
         except BackendFailure as failure:
-            fallback = snapshot.config.experiments[exchange.admission.experiment].fallback
-            if assigned is control or fallback != "control":
-                return _Outcome(None, None, False, (failure,))
+            if assigned is control:
+                return _Outcome(None, None, False, (failure,), _verdict(failure))
             first = failure
+        falls_back = snapshot.config.experiments[exchange.admission.experiment].fallback
+        if falls_back != "control" and first.kind != "bad_input":
+            return _Outcome(None, None, False, (first,), None)
         try:
             reply = await call(backends[control.backend], path, body, content_type)
-            return _Outcome(control, reply, True, (first,))
         except BackendFailure as second:
-            return _Outcome(None, None, False, (first, second))
+            return _Outcome(None, None, False, (first, second), _verdict(second))
+        if falls_back == "control":
+            return _Outcome(control, reply, True, (first,), True)
+        # `fallback: none`: control only judged the input; its answer is not served.
+        return _Outcome(None, None, False, (first,), True)
 
     def _shadow(
         self, exchange: _Exchange, arm: Arm
-    ) -> Optional[asyncio.Future[Optional[BackendReply]]]:
-        """Send a copy to `arm` in the background; the returned future takes control's answer,
-        for the shadow listener to compare. None if too many copies are in flight."""
+    ) -> Optional[asyncio.Future[Optional[_Outcome]]]:
+        """Send a copy to `arm` in the background; the returned future takes control's outcome,
+        for the shadow listener to compare and to judge a failed copy. None if too many copies
+        are in flight."""
         experiment, snapshot = exchange.admission.experiment, exchange.admission.snapshot
         path, body, content_type = (
             exchange.admission.path,
@@ -456,12 +482,11 @@ class ProxyHandler:
             if self._shadow_listener is not None:
                 self._shadow_listener.shadow_dropped(experiment, arm.name)
             return None
-        control_answer: asyncio.Future[Optional[BackendReply]] = (
-            self._running_loop().create_future()
-        )
+        control_answer: asyncio.Future[Optional[_Outcome]] = self._running_loop().create_future()
 
         async def mirror() -> None:
-            # A failure is observed against the treatment; the user never waits for it.
+            # A failure is observed against the treatment, unless control's answer to the same
+            # input says it is the client's; the user never waits for it.
             shadow: Optional[BackendReply] = None
             try:
                 shadow = await self._upstreams.call(
@@ -469,13 +494,15 @@ class ProxyHandler:
                 )
                 self._observer.observe(experiment, arm.name, shadow.latency_s, True)
             except BackendFailure as failure:
+                if not _blamed(failure, _control_verdict(await control_answer)):
+                    return  # nothing to compare, and no failure of the treatment
                 self._observer.observe(experiment, arm.name, failure.latency_s, False)
             if self._shadow_listener is not None:
                 control = await control_answer
                 self._shadow_listener.shadow_answered(
                     experiment,
                     arm.name,
-                    control.payload if control else None,
+                    control.reply.payload if control and control.reply else None,
                     shadow.payload if shadow else None,
                 )
 
@@ -500,11 +527,12 @@ class ProxyHandler:
 
     def _observe(self, answered: _Exchange) -> None:
         """Show the guard each backend call of the request: the assigned arm's, then control's
-        if it stood in."""
+        if it stood in; a failure only where it is the arm's (`_blamed`)."""
         outcome, experiment = answered.outcome, answered.admission.experiment
         control = answered.admission.snapshot.plans[experiment].control
         for arm, failure in zip((answered.admission.assigned, control), outcome.failures):
-            self._observer.observe(experiment, arm.name, failure.latency_s, False)
+            if _blamed(failure, outcome.verdict):
+                self._observer.observe(experiment, arm.name, failure.latency_s, False)
         if outcome.served is not None and outcome.reply is not None:
             self._observer.observe(experiment, outcome.served.name, outcome.reply.latency_s, True)
 
@@ -512,7 +540,7 @@ class ProxyHandler:
         metrics, outcome = self._metrics, answered.outcome
         experiment, variant = answered.admission.experiment, answered.admission.assigned.name
         if outcome.reply is None:
-            result = "error"
+            result = "bad_input" if outcome.verdict is False else "error"
         elif outcome.fallback:
             result = "fallback"
             metrics.fallbacks.add((experiment,))
@@ -538,7 +566,10 @@ class ProxyHandler:
                 status=answered.status,
                 latency_s=answered.latency_s,
                 fallback=outcome.fallback,
-                errors=outcome.failures,
+                # `bad_input` first: the request was the client's error, whatever each call said.
+                errors=("bad_input", *outcome.failures)
+                if outcome.verdict is False
+                else outcome.failures,
                 overridden=admission.overridden,
                 attributes=[
                     (field, headers.get(header.lower()))
@@ -546,6 +577,31 @@ class ProxyHandler:
                 ],
             )
         )
+
+
+def _verdict(control_failure: BackendFailure) -> Optional[bool]:
+    """Control's verdict on the input, from its failure: False if it called the input bad."""
+    return False if control_failure.kind == "bad_input" else None
+
+
+def _control_verdict(control: Optional[_Outcome]) -> Optional[bool]:
+    """Control's verdict on the input of a shadowed request (None: control's call never ended)."""
+    if control is None:
+        return None
+    return True if control.reply is not None else control.verdict
+
+
+def _blamed(failure: BackendFailure, verdict: Optional[bool]) -> bool:
+    """Whether `failure` counts against its arm, given control's verdict on the same input.
+
+    Control is the reference for what valid input is. Input it called bad is the client's
+    error: nothing counts, whatever the other arm did with it. An arm that calls bad input
+    what control answered has failed; when control could not judge (it failed for its own
+    reasons), a bad-input answer blames nobody.
+    """
+    if verdict is False:
+        return False
+    return failure.kind != "bad_input" or verdict is True
 
 
 def _resolve(answered: asyncio.Future[HttpAnswer], answer: HttpAnswer) -> None:

@@ -4,7 +4,9 @@ A backend is one model version behind one or more Paddle Serving pipeline endpoi
 that fails `eject_after` times in a row at the transport level (refused, timeout, HTTP 5xx,
 non-JSON body) leaves the rotation; a background prober brings it back once it answers again.
 A pipeline reply with `err_no != 0` is a backend error for the request but proves the endpoint
-alive, so it never ejects (a client sending bad input must not empty the rotation).
+alive, so it never ejects (a client sending bad input must not empty the rotation). One `err_no`,
+BAD_INPUT_ERR_NO, says the input is invalid for the model: a BackendFailure of kind `bad_input`,
+which the request path asks control to confirm before it blames anyone (router.proxy.handler).
 
 Two ways to call: `call`, a coroutine that waits for a connection if it must, and `try_call`
 for the request path, which starts the call at once on an idle connection (an Attempt, whose
@@ -39,8 +41,19 @@ from router.transport.backend_client import (
 
 log = logging.getLogger(__name__)
 
-FailureKind = Literal["error", "timeout"]
+FailureKind = Literal["error", "timeout", "bad_input"]
 PROBE_TICK_S = 0.1
+# The pipeline reply's `err_no` for input the model cannot take: the first of the codes Paddle
+# Serving leaves to products (51-99; its own are 0, 50 and 3000-10000). The serving op sends it
+# (serving.pipeline_service.BAD_INPUT_ERR_NO, kept equal by a test: the router imports nothing
+# of `serving`, which needs Paddle).
+BAD_INPUT_ERR_NO = 51
+# Request heads kept per endpoint, and the longest content type kept (`EndpointState.head`):
+# "application/json; charset=utf-8" is 31 characters.
+MAX_CACHED_HEADS = 32
+MAX_CACHED_CONTENT_TYPE = 64
+# How much of a backend's `err_msg` a failure keeps (the log line and the 400's message).
+MAX_ERR_MSG_CHARS = 1000
 
 
 class BackendFailure(Exception):
@@ -54,6 +67,7 @@ class BackendFailure(Exception):
         latency_s: float,
         *,
         retryable: bool = False,
+        err_msg: str = "",
     ) -> None:
         super().__init__(f"{backend}: {detail}")
         self.backend = backend
@@ -62,6 +76,7 @@ class BackendFailure(Exception):
         self.latency_s = latency_s
         # Another endpoint may answer: the endpoint failed, not the request (never a timeout).
         self.retryable = retryable
+        self.err_msg = err_msg  # the pipeline reply's own message, if it had one
 
 
 class BackendReply(NamedTuple):
@@ -88,13 +103,19 @@ class EndpointState:
         self.origin = Origin.parse(self.url)
 
     def head(self, method: str, path: str, content_type: Optional[str]) -> bytes:
-        """The request head for `path` here (built once: paths come from the registry)."""
+        """The request head for `path` here: built once per path (paths come from the registry)
+        and usual content type. Content types come from clients, so an unusual one (long, or
+        one of too many) costs a head built for its call, never memory kept."""
         key = (method, path, content_type)
         head = self.heads.get(key)
         if head is None:
-            if len(self.heads) > 1024:  # content types come from clients; this bounds them
-                self.heads.clear()
-            head = self.heads[key] = request_head(self.origin, method, path, content_type)
+            head = request_head(self.origin, method, path, content_type)
+            if content_type is None or len(content_type) <= MAX_CACHED_CONTENT_TYPE:
+                if len(self.heads) >= MAX_CACHED_HEADS:
+                    # A client cycling through content types: start over rather than lock
+                    # the usual ones out (each costs one rebuild per MAX_CACHED_HEADS of them).
+                    self.heads.clear()
+                self.heads[key] = head
         return head
 
 
@@ -326,13 +347,25 @@ class Upstreams:
         latency = time.perf_counter() - started
         err_no = payload.get("err_no", 0)
         if status != 200 or err_no != 0:
-            self._uncounted.append((backend.name, "error", latency))
-            message = str(payload.get("err_msg", ""))[:200]
-            detail = f"HTTP {status}" if status != 200 else f"err_no {err_no}: {message}"
-            raise BackendFailure(backend.name, "error", detail, latency)
+            raise self._reply_failure(backend, status, err_no, payload, latency)
         self._uncounted.append((backend.name, "ok", latency))
         backend.last_good = (target_path, body, content_type)
         return BackendReply(raw, payload, backend.config.version, latency)
+
+    def _reply_failure(
+        self,
+        backend: BackendRuntime,
+        status: int,
+        err_no: object,
+        payload: dict[str, Any],
+        latency: float,
+    ) -> BackendFailure:
+        """A JSON reply that is no answer: HTTP 4xx, `err_no != 0`, or the input is bad."""
+        kind: FailureKind = "bad_input" if status == 200 and err_no == BAD_INPUT_ERR_NO else "error"
+        self._uncounted.append((backend.name, kind, latency))
+        message = str(payload.get("err_msg", ""))[:MAX_ERR_MSG_CHARS]
+        detail = f"HTTP {status}" if status != 200 else f"err_no {err_no}: {message[:200]}"
+        return BackendFailure(backend.name, kind, detail, latency, err_msg=message)
 
     def _transport_failure(
         self,

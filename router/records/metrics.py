@@ -138,7 +138,7 @@ class RouterMetrics:
         registry.register(self._before_scrape)
         self.requests = Tally(
             "router_requests",
-            "Requests by experiment, assigned variant and outcome (ok, fallback, error).",
+            "Requests by experiment, assigned variant and outcome (ok, fallback, error, bad_input).",
             ["experiment", "variant", "outcome"],
         )
         self.request_duration = TallyHistogram(
@@ -149,7 +149,7 @@ class RouterMetrics:
         )
         self.backend_requests = Tally(
             "router_backend_requests",
-            "Calls to backends by outcome (ok, error, timeout).",
+            "Calls to backends by outcome (ok, error, timeout, bad_input).",
             ["backend", "outcome"],
         )
         self.backend_duration = TallyHistogram(

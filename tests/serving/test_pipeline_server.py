@@ -62,26 +62,57 @@ def test_the_two_versions_really_differ(paddle_backends: dict[str, Backend]) -> 
     assert np.abs(v1 - v2).max() > 0.1
 
 
+def test_the_router_reads_the_serving_ops_bad_input_err_no_as_bad_input() -> None:
+    """Two copies of one number (the router imports nothing of `serving`): they must agree,
+    and neither may be one of Paddle Serving's own codes."""
+    from paddle_serving_server.pipeline.error_catch import CustomExceptionCode
+
+    from router.proxy.upstreams import BAD_INPUT_ERR_NO as ROUTER_BAD_INPUT_ERR_NO
+    from serving.pipeline_service import BAD_INPUT_ERR_NO
+
+    assert BAD_INPUT_ERR_NO == ROUTER_BAD_INPUT_ERR_NO
+    assert BAD_INPUT_ERR_NO not in {code.value for code in CustomExceptionCode}
+    assert 51 <= BAD_INPUT_ERR_NO <= 99  # the range Paddle Serving leaves to products
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ({"key": ["y"], "value": ["[[1]]"]}, "unknown feed"),
+        ({"key": ["y"], "value": ["[[1]]"]}, "unknown feed(s) ['y']; this model takes ['x']"),
         ({"key": ["x"], "value": ["[[1, 2, 3]]"]}, "expected shape [-1, 128]"),
         ({"key": ["x"], "value": ["[[0.5]]"]}, "expected integers (int64)"),
+        ({"key": ["x"], "value": ['[["a"]]']}, "expected a rectangular array of numbers"),
         ({"key": ["x"], "value": ["not json"]}, "not a JSON array"),
+        ({"key": ["x"], "value": ["[" * 5000 + "]" * 5000]}, "not a JSON array"),
         ({"key": [], "value": []}, "missing feed"),
     ],
+    ids=["feed-name", "shape", "dtype", "strings", "not-json", "nested-too-deep", "no-feed"],
 )
-def test_bad_feeds_get_a_clear_err_no(
+def test_bad_feeds_get_the_bad_input_err_no_and_a_clear_message(
     paddle_backends: dict[str, Backend], body: dict[str, Any], message: str
 ) -> None:
+    from serving.pipeline_service import BAD_INPUT_ERR_NO
+
     backend = paddle_backends["sentiment-v2"]
     reply = predict(backend, body)
-    assert reply["err_no"] != 0
-    # Paddle Serving strips quotes from the message; compare without them.
-    assert message.replace("'", "") in reply["err_msg"].replace("'", "")
+    assert reply["err_no"] == BAD_INPUT_ERR_NO, reply
+    assert message in reply["err_msg"]
     # ...and the server still answers good requests afterwards.
     assert served_probs(backend, make_reviews(1, seed=1).tokens).shape == (1, 2)
+
+
+def test_an_error_inside_paddle_inference_keeps_paddle_servings_own_err_no(
+    paddle_backends: dict[str, Backend],
+) -> None:
+    """A token id past the vocabulary fits the feed's shape and dtype; Paddle itself refuses
+    it. The op does not know the vocabulary, so this is not marked as bad input: it counts as
+    the backend's error (docs/router.md, "Errors")."""
+    from serving.pipeline_service import BAD_INPUT_ERR_NO
+
+    reply = predict(
+        paddle_backends["sentiment-v2"], {"key": ["x"], "value": [json.dumps([[10**6] * 128])]}
+    )
+    assert reply["err_no"] not in (0, BAD_INPUT_ERR_NO), reply
 
 
 def test_auto_batching_server_answers_each_request_with_its_own_rows(
