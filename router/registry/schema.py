@@ -280,6 +280,6 @@ class ExperimentConfig(Frozen):
 
 
 class RouterConfig(Frozen):
-    router: RouterSettings = Field(default_factory=RouterSettings)
+    router: RouterSettings = RouterSettings.model_validate({})
     backends: dict[Name, BackendConfig] = {}
     experiments: dict[Name, ExperimentConfig] = {}

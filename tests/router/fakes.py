@@ -57,10 +57,13 @@ class FakePipeline:
             reply = {
                 "err_no": 0,
                 "err_msg": "",
-                "key": ["prob", "served_by", "body_sha256", "padding"],
-                "value": ["[[0.1, 0.9]]", self.name, digest, "x" * self.padding],
+                "key": ["prob", "served_by", "body_sha256"],
+                "value": ["[[0.1, 0.9]]", self.name, digest],
                 "tensors": [],
             }
+            if self.padding:
+                reply["key"].append("padding")
+                reply["value"].append("x" * self.padding)
         return web.Response(text=json.dumps(reply), content_type="application/json")
 
     def app(self) -> web.Application:

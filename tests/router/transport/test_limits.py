@@ -33,7 +33,8 @@ LIMITS = {
     "max_unread_answer_bytes": 65536,
 }
 
-Start = Callable[..., Awaitable[int]]
+Connect = Callable[[], Awaitable[Connection]]
+Start = Callable[..., Awaitable[tuple[FastPathTestServer, Connect]]]
 
 
 @pytest_asyncio.fixture
@@ -44,9 +45,7 @@ async def backend() -> AsyncIterator[tuple[FakePipeline, TestServer]]:
 
 
 @pytest_asyncio.fixture
-async def start(
-    tmp_path: Path, backend: tuple[FakePipeline, TestServer]
-) -> AsyncIterator[Callable[..., Awaitable[tuple[FastPathTestServer, Connect]]]]:
+async def start(tmp_path: Path, backend: tuple[FakePipeline, TestServer]) -> AsyncIterator[Start]:
     """Starts a router with LIMITS (and `router` settings over them); gives it and a way to
     open raw connections to it. Everything is closed after the test."""
     servers: list[FastPathTestServer] = []
@@ -71,9 +70,6 @@ async def start(
         connection.close()
     for server in servers:
         await server.close()
-
-
-Connect = Callable[[], Awaitable[Connection]]
 
 
 async def refused(connection: Connection, status: int, code: str) -> None:
