@@ -14,6 +14,9 @@ import pytest
 
 from serving.launcher import ServerProcess, free_port, start_server
 
+# The `redis_server` fixture: a real Redis for the fleet's tests.
+pytest_plugins = ["tests.redis_server"]
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_SOURCES = [
     "serving/demo_models.py",

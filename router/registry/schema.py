@@ -106,6 +106,23 @@ class UnitIdSource(Frozen):
     json_field: Optional[str] = "user_id"
 
 
+def _check_redis_url(value: str) -> str:
+    if not re.match(r"^(rediss?|unix)://\S+$", value):
+        raise ValueError("must be a Redis URL like redis://HOST:PORT/DB (rediss:// or unix://)")
+    return value
+
+
+class FleetSettings(Frozen):
+    """Several routers acting as one: rollout state, the SLO guard's decisions and its
+    measurements shared through Redis (router.fleet)."""
+
+    redis: Annotated[str, AfterValidator(_check_redis_url)]
+    # Prefix of every key and channel, so that several fleets can share one Redis.
+    name: Name = "paddle-ab"
+    # This replica's id in logs and records; default: host name and port.
+    replica: Optional[Name] = None
+
+
 class RouterSettings(Frozen):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
@@ -138,6 +155,8 @@ class RouterSettings(Frozen):
     # /events takes outcomes stamped at most this long ago, or this far ahead of the clock.
     events_max_age_s: Duration = Field(7 * 86400.0, alias="events_max_age")
     events_max_ahead_s: Duration = Field(300.0, alias="events_max_ahead")
+    # Absent: this router alone, its rollout state in state_dir.
+    fleet: Optional[FleetSettings] = None
 
 
 # --- backends --------------------------------------------------------------------------------

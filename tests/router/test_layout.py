@@ -20,6 +20,7 @@ LAYERS = [
     {"auth", "responses"},
     {"proxy"},
     {"guard"},
+    {"fleet"},
     {"api"},
     {"app"},
     {"server"},
