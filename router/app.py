@@ -65,6 +65,7 @@ GUARD = web.AppKey[Optional[GuardRuntime]]("guard")
 ADMIN_AUTH = web.AppKey("admin_auth", AdminAuth)
 # The request path, for servers that parse requests themselves (router.transport.http_server).
 PROXY = web.AppKey("proxy", ProxyHandler)
+REPLICA = web.AppKey[Optional[str]]("replica")
 
 
 def create_app(
@@ -75,10 +76,12 @@ def create_app(
     flush_interval: float = 0.2,
     guard: Optional[GuardSetup] = None,
     environ: Optional[Mapping[str, str]] = None,
+    replica: Optional[str] = None,
 ) -> web.Application:
     """The router for a validated registry; `config_path` enables hot reload of that file,
     `guard` (GuardSetup.load) the SLO guard, ramp and admin API. The admin token is read from
-    `environ` (default os.environ) once, here."""
+    `environ` (default os.environ) once, here. `replica` is this process's id in a fleet (its
+    records carry it, its log files are named by it); None for a router alone."""
     app = web.Application(
         client_max_size=config.router.max_body_bytes,
         middlewares=[handed_over_requests(client_limits(config.router))],
@@ -93,6 +96,7 @@ def create_app(
         on_write=lambda log, count: metrics.events_written.labels(log).inc(count),
     )
     app[METRICS] = metrics
+    app[REPLICA] = replica
     app[LIVE] = live
     app[UPSTREAMS] = upstreams
     app[EVENT_LOGS] = logs
