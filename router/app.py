@@ -94,6 +94,7 @@ def create_app(
         on_drop=lambda log, count: metrics.events_dropped.labels(log).inc(count),
         flush_interval=flush_interval,
         on_write=lambda log, count: metrics.events_written.labels(log).inc(count),
+        replica=replica,
     )
     app[METRICS] = metrics
     app[REPLICA] = replica

@@ -14,6 +14,14 @@ A file only ever holds whole lines, and every record is counted once, as written
 
 Files: `exposures-YYYY-MM-DD.jsonl` and `outcomes-YYYY-MM-DD.jsonl` (UTC date of the record's
 `ts`: a record lives in the file of its own day) and `decisions.jsonl`.
+
+In a fleet (router.fleet) each router process has a replica id: its files are named by it,
+`exposures-YYYY-MM-DD.<replica>.jsonl`, `outcomes-YYYY-MM-DD.<replica>.jsonl` and
+`decisions.<replica>.jsonl`, so that replicas and workers can share a directory, and each of its
+records ends with `"replica":"<id>"`. The field is a constant piece of text built once and put
+in place of the closing brace of the encoded record, in the writer thread: the request path
+does nothing more for it. In file names only, a character other than a letter, a digit, `_`,
+`.` or `-` (the `:` of the default `host:port`) is written `_`; the record keeps the id exact.
 """
 
 from __future__ import annotations
@@ -40,13 +48,26 @@ log = logging.getLogger(__name__)
 Record = dict[str, Any]
 PathFor = Callable[[Record], Path]
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}")
+_NOT_IN_FILE_NAMES = re.compile(r"[^A-Za-z0-9_.-]")
 # One encoder: `json.dumps` with options builds a new one per record.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
 
 
-def daily_files(directory: Path, prefix: str) -> PathFor:
-    """`directory/prefix-YYYY-MM-DD.jsonl`, the day taken from the record's ISO `ts`."""
+def replica_in_file_names(replica: str) -> str:
+    """The replica id as log file names spell it: `host:port` is `host_port`."""
+    return _NOT_IN_FILE_NAMES.sub("_", replica)
+
+
+def log_suffix(replica: Optional[str]) -> str:
+    """What ends a log file's name: `.jsonl`, or `.<replica>.jsonl` in a fleet."""
+    return ".jsonl" if replica is None else f".{replica_in_file_names(replica)}.jsonl"
+
+
+def daily_files(directory: Path, prefix: str, replica: Optional[str] = None) -> PathFor:
+    """`directory/prefix-YYYY-MM-DD.jsonl` (`...YYYY-MM-DD.<replica>.jsonl` with a replica id),
+    the day taken from the record's ISO `ts`."""
     paths: dict[str, Path] = {}
+    suffix = log_suffix(replica)
 
     def path_for(record: Record) -> Path:
         ts = record.get("ts")
@@ -55,7 +76,7 @@ def daily_files(directory: Path, prefix: str) -> PathFor:
         if path is None:
             if len(paths) > 64:  # a client sending outcomes of many days must not grow this
                 paths.clear()
-            path = paths[day] = directory / f"{prefix}-{day}.jsonl"
+            path = paths[day] = directory / f"{prefix}-{day}{suffix}"
         return path
 
     return path_for
@@ -66,7 +87,9 @@ def single_file(path: Path) -> PathFor:
 
 
 class JsonlWriter:
-    """Appends records (dicts, not mutated after `write`) to JSON Lines files off the event loop."""
+    """Appends records (dicts, not mutated after `write`) to JSON Lines files off the event loop.
+
+    With `replica`, every line ends with `"replica":"<id>"` (unless the record has its own)."""
 
     def __init__(
         self,
@@ -77,8 +100,11 @@ class JsonlWriter:
         flush_interval: float = 0.2,
         max_pending: int = 100_000,
         name: str = "events",
+        replica: Optional[str] = None,
     ) -> None:
         self._path_for = path_for
+        # What takes the place of a record's closing brace: the replica field, built once.
+        self._end = None if replica is None else f',"replica":{_ENCODER.encode(replica)}}}\n'
         self._on_drop = on_drop
         self._on_write = on_write
         # Records whole in their file, and records dropped: with those pending, every record
@@ -131,6 +157,7 @@ class JsonlWriter:
 
     def _append(self, records: Iterable[Record]) -> None:
         by_path: dict[Path, list[str]] = {}
+        end = self._end
         for record in records:
             try:
                 line = _ENCODER.encode(record)
@@ -138,7 +165,13 @@ class JsonlWriter:
                 self._drop(1)
                 self._warn(f"{self._name}: dropped a record that is not JSON: {exc}")
                 continue
-            by_path.setdefault(self._path_for(record), []).append(line + "\n")
+            if end is None or "replica" in record:
+                line += "\n"
+            elif len(line) > 2:  # '{"ts":...}' -> '{"ts":...,"replica":"r1"}'
+                line = line[:-1] + end
+            else:  # '{}'
+                line = "{" + end[1:]
+            by_path.setdefault(self._path_for(record), []).append(line)
         for path, lines in by_path.items():
             # Request text may hold lone surrogates (undecodable header bytes, a JSON "\ud800"):
             # UTF-8 cannot encode them, and `backslashreplace` writes them as the JSON escape
@@ -248,9 +281,11 @@ class EventLogs:
         on_drop: Callable[[str, int], None],
         flush_interval: float = 0.2,
         on_write: Callable[[str, int], None] = lambda log, count: None,
+        replica: Optional[str] = None,
     ) -> EventLogs:
         """`on_drop(log, count)` and `on_write(log, count)` count each log's records dropped
-        and written (called from the writer threads, and `on_drop` from `write` too)."""
+        and written (called from the writer threads, and `on_drop` from `write` too).
+        `replica`: this process's id in a fleet, in its file names and records (None: alone)."""
 
         def writer(log: str, path_for: PathFor) -> JsonlWriter:
             return JsonlWriter(
@@ -259,12 +294,13 @@ class EventLogs:
                 on_write=lambda count: on_write(log, count),
                 flush_interval=flush_interval,
                 name=log,
+                replica=replica,
             )
 
         return cls(
-            exposures=writer("exposures", daily_files(log_dir, "exposures")),
-            outcomes=writer("outcomes", daily_files(log_dir, "outcomes")),
-            decisions=writer("decisions", single_file(log_dir / "decisions.jsonl")),
+            exposures=writer("exposures", daily_files(log_dir, "exposures", replica)),
+            outcomes=writer("outcomes", daily_files(log_dir, "outcomes", replica)),
+            decisions=writer("decisions", single_file(log_dir / f"decisions{log_suffix(replica)}")),
         )
 
     def start(self) -> None:
