@@ -6,6 +6,11 @@ A bundle directory holds:
     serving_server_conf.prototxt              what Paddle Serving's LocalPredictor reads
     serving_client_conf.prototxt              the same, for Paddle Serving clients
     bundle.json                               name, version, feeds and fetches (this module)
+
+A feed in `bundle.json` may carry `"value_range": [low, high]`: every value must satisfy
+`low <= value < high` (for ids into an embedding table, `[0, vocab_size]`). Paddle itself would
+refuse a value outside it, inside inference; with the range recorded, the serving op refuses it
+first, as the client's bad input. Bundles without the field are not range-checked.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -39,6 +44,8 @@ SERVING_TYPE_CODES = {
     "complex128": 11,
 }
 
+INTEGER_DTYPES = frozenset({"int64", "int32", "int16", "int8", "uint8"})
+
 
 class BundleError(Exception):
     """A bundle or a model to export is missing, malformed or in an unsupported format."""
@@ -46,15 +53,37 @@ class BundleError(Exception):
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One feed or fetch: `name` is what clients use (the pipeline `key`), `var` the graph var."""
+    """One feed or fetch: `name` is what clients use (the pipeline `key`), `var` the graph var.
+
+    `value_range` (integer feeds only): `(low, high)`, every value must be `low <= v < high`;
+    None when unknown (no check).
+    """
 
     name: str
     var: str
     dtype: str
     shape: tuple[int, ...]  # -1 for a free dimension; the first is the batch dimension
+    value_range: Optional[tuple[int, int]] = None
+
+    def __post_init__(self) -> None:
+        if self.value_range is None:
+            return
+        low, high = self.value_range
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high)):
+            raise ValueError(f"'{self.name}': value_range {list(self.value_range)} is not 2 ints")
+        if low >= high:
+            raise ValueError(f"'{self.name}': value_range {[low, high]} is empty (low >= high)")
+        if self.dtype not in INTEGER_DTYPES:
+            raise ValueError(
+                f"'{self.name}': value_range {[low, high]} on a {self.dtype} tensor "
+                "(integer feeds only)"
+            )
 
     def check(self, array: np.ndarray) -> None:
-        """Raise ValueError saying what was expected if `array` does not fit this spec."""
+        """Raise ValueError saying what was expected if `array` does not fit this spec.
+
+        `array` is the value as decoded, before the cast to `dtype` (which could wrap it).
+        """
         if array.ndim != len(self.shape):
             raise ValueError(
                 f"feed '{self.name}': expected {len(self.shape)} dimensions "
@@ -68,6 +97,39 @@ class TensorSpec:
                 )
         if array.shape[0] == 0:
             raise ValueError(f"feed '{self.name}': the batch is empty")
+        if self.value_range is not None and array.size:
+            low, high = self.value_range
+            smallest, largest = int(array.min()), int(array.max())
+            if smallest < low or largest >= high:
+                value = smallest if smallest < low else largest
+                raise ValueError(
+                    f"feed '{self.name}': value {value} is outside the valid range "
+                    f"{low} <= {self.name} < {high}"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.value_range is None:
+            del data["value_range"]  # as bundles were before the field existed
+        else:
+            data["value_range"] = list(self.value_range)
+        return data
+
+    @classmethod
+    def from_dict(cls, item: dict[str, Any]) -> TensorSpec:
+        raw_range = item.get("value_range")
+        value_range: Optional[tuple[int, int]] = None
+        if raw_range is not None:
+            if not isinstance(raw_range, list) or len(raw_range) != 2:
+                raise ValueError(f"value_range {raw_range!r}: expected [low, high]")
+            value_range = (raw_range[0], raw_range[1])
+        return cls(
+            name=str(item["name"]),
+            var=str(item["var"]),
+            dtype=str(item["dtype"]),
+            shape=tuple(int(d) for d in item["shape"]),
+            value_range=value_range,
+        )
 
 
 @dataclass(frozen=True)
@@ -79,26 +141,22 @@ class BundleMeta:
     paddle_version: str = ""
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
+        data = {
+            "name": self.name,
+            "version": self.version,
+            "feeds": [spec.to_dict() for spec in self.feeds],
+            "fetches": [spec.to_dict() for spec in self.fetches],
+            "paddle_version": self.paddle_version,
+        }
+        return json.dumps(data, indent=2) + "\n"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BundleMeta:
-        def specs(key: str) -> tuple[TensorSpec, ...]:
-            return tuple(
-                TensorSpec(
-                    name=str(item["name"]),
-                    var=str(item["var"]),
-                    dtype=str(item["dtype"]),
-                    shape=tuple(int(d) for d in item["shape"]),
-                )
-                for item in data[key]
-            )
-
         return cls(
             name=str(data["name"]),
             version=str(data["version"]),
-            feeds=specs("feeds"),
-            fetches=specs("fetches"),
+            feeds=tuple(TensorSpec.from_dict(item) for item in data["feeds"]),
+            fetches=tuple(TensorSpec.from_dict(item) for item in data["fetches"]),
             paddle_version=str(data.get("paddle_version", "")),
         )
 

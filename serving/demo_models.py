@@ -111,6 +111,8 @@ def build_demo_models(out_dir: Path) -> dict[str, tuple[BundleMeta, float]]:
                 name=SERVICE_NAME,
                 version=recipe.version,
                 fetch_names=["prob"],
+                # A token id the embedding has no row for is the client's bad input.
+                value_ranges={"x": (0, int(model.embedding.weight.shape[0]))},
             )
             results[bundle_name] = (meta, score)
     return results

@@ -3,18 +3,24 @@
 `python -m paddle_serving_client.convert` would do this, but it imports `paddle.fluid`, which
 Paddle 2.6 removed; so the serving configs are written here with Paddle Serving's own protobuf
 module, from what `paddle.static.load_inference_model` reports about the graph.
+
+An integer feed's valid value range goes into the bundle's metadata when it is known: given
+to `export_bundle` (`value_ranges`), or read from the graph when the feed is the ids of an
+embedding lookup (`0 <= id < the table's row count`, which Paddle enforces inside inference).
 """
 
 from __future__ import annotations
 
+import operator
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
 from serving.bundle import (
     BUNDLE_META,
     CLIENT_CONF,
+    INTEGER_DTYPES,
     MODEL_FILE,
     PARAMS_FILE,
     SERVER_CONF,
@@ -55,14 +61,71 @@ def _dtype_name(dtype: Any) -> str:
     return name
 
 
-def _tensor_spec(block: Any, var_name: str, alias: str) -> TensorSpec:
+def _tensor_spec(
+    block: Any, var_name: str, alias: str, value_range: Optional[tuple[int, int]] = None
+) -> TensorSpec:
     var = block.var(var_name)
     return TensorSpec(
         name=alias,
         var=var_name,
         dtype=_dtype_name(var.dtype),
         shape=tuple(int(d) for d in var.shape),
+        value_range=value_range,
     )
+
+
+# Paddle's embedding lookups; both refuse an id outside [0, rows of W) (phi embedding kernels).
+_LOOKUP_OPS = ("lookup_table_v2", "lookup_table")
+
+
+def embedding_ranges(block: Any, feed_vars: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """Feed var -> `(0, rows)` for each feed that is the ids of an embedding lookup in `block`.
+
+    Only the global block's ops, which run on every request, and local tables count; a feed
+    that indexes several tables gets the smallest.
+    """
+    ranges: dict[str, tuple[int, int]] = {}
+    for op in block.ops:
+        if op.type not in _LOOKUP_OPS or (
+            op.has_attr("is_distributed") and op.attr("is_distributed")
+        ):
+            continue
+        (ids,) = op.input("Ids")
+        (table,) = op.input("W")
+        rows = int(block.var(table).shape[0])
+        if ids in feed_vars and rows > 0:
+            ranges[ids] = (0, min(rows, ranges.get(ids, (0, rows))[1]))
+    return ranges
+
+
+def _value_range(
+    block: Any,
+    feed: str,
+    given: Optional[tuple[int, int]],
+    from_graph: Optional[tuple[int, int]],
+) -> Optional[tuple[int, int]]:
+    """The range to record for `feed`: `given` if any (checked), else the graph's."""
+    if given is None:
+        return from_graph
+    dtype = _dtype_name(block.var(feed).dtype)
+    if dtype not in INTEGER_DTYPES:
+        raise BundleError(f"value range for feed '{feed}': it is {dtype}; only integer feeds")
+    try:
+        low, high = (operator.index(bound) for bound in given)
+    except (TypeError, ValueError):
+        low, high = 0, 0
+    if low >= high:
+        raise BundleError(
+            f"value range for feed '{feed}': {given!r}; expected (low, high), two integers "
+            "with low < high (low <= value < high)"
+        )
+    if from_graph is not None and (low < from_graph[0] or high > from_graph[1]):
+        raise BundleError(
+            f"value range for feed '{feed}': {low} <= {feed} < {high} lets through ids that the "
+            f"model's embedding table ({from_graph[1]} rows) refuses; "
+            f"give a range within {from_graph[0]} <= {feed} < {from_graph[1]}"
+        )
+    return (low, high)
 
 
 def _write_serving_conf(meta: BundleMeta, path: Path) -> None:
@@ -95,11 +158,16 @@ def export_bundle(
     name: Optional[str] = None,
     version: str = "1",
     fetch_names: Optional[Sequence[str]] = None,
+    value_ranges: Optional[Mapping[str, tuple[int, int]]] = None,
 ) -> BundleMeta:
     """Export the model at `prefix` into `out_dir` and return the bundle's metadata.
 
     `name` is the Paddle Serving service name (the URL is `/<name>/prediction`); it defaults to
     the prefix's file name. `fetch_names` renames the model's outputs, in order, for clients.
+    `value_ranges` maps integer feeds to `(low, high)`, the values the model takes
+    (`low <= value < high`; token ids: `(0, vocab_size)`); the serving op answers any other
+    value as bad input. A feed that is the ids of an embedding lookup gets `(0, rows)` from the
+    graph unless given (a given range must lie within it).
     """
     import paddle
 
@@ -123,10 +191,23 @@ def export_bundle(
                 f"--fetch-names has {len(aliases)} names but the model has {len(fetch_vars)} "
                 f"outputs ({', '.join(fetch_vars)})"
             )
+        given = dict(value_ranges or {})
+        unknown = sorted(set(given) - set(feed_vars))
+        if unknown:
+            raise BundleError(
+                f"value ranges for unknown feed(s) {unknown}; the model takes {list(feed_vars)}"
+            )
+        from_graph = embedding_ranges(block, feed_vars)
+        feeds = tuple(
+            _tensor_spec(
+                block, var, var, _value_range(block, var, given.get(var), from_graph.get(var))
+            )
+            for var in feed_vars
+        )
         meta = BundleMeta(
             name=service_name,
             version=version,
-            feeds=tuple(_tensor_spec(block, var, var) for var in feed_vars),
+            feeds=feeds,
             fetches=tuple(_tensor_spec(block, var, a) for var, a in zip(fetch_vars, aliases)),
             paddle_version=paddle.__version__,
         )

@@ -5,14 +5,16 @@ The generic op decodes each feed named in the bundle's metadata from the pipelin
 dtype, and returns every fetch as JSON text.
 
 Input the model cannot take (an unknown or missing feed name, a shape, dtype or batch size that
-does not fit the bundle's metadata, a value that is not a JSON array of numbers) is answered
+does not fit the bundle's metadata, a value that is not a JSON array of numbers, a value outside
+a feed's recorded `value_range`, such as a token id past the model's vocabulary) is answered
 with `err_no` BAD_INPUT_ERR_NO (51) and the reason in `err_msg`: `preprocess` returns it as
 Paddle Serving's product error code, which becomes the reply's `err_no`/`err_msg` as it is.
 The router reads 51 as "the client's input is invalid" (router.proxy.upstreams keeps the same
 constant; a test checks they agree) and, when control says so too, answers 400 `bad_input`
 without counting it against any arm (docs/router.md, "Errors"). Every other failure (an error
-inside Paddle inference, such as a token id past the model's vocabulary) keeps Paddle Serving's
-own code, 10000 or another of its ChannelDataErrcode values, and counts as the backend's.
+inside Paddle inference) keeps Paddle Serving's own code, 10000 or another of its
+ChannelDataErrcode values, and counts as the backend's. A bundle exported before value ranges
+were recorded has none, so its out-of-vocabulary ids still fail inside Paddle (re-export it).
 """
 
 from __future__ import annotations
@@ -87,7 +89,11 @@ def pipeline_config(options: ServeOptions, meta: BundleMeta) -> dict[str, Any]:
 
 
 def decode_feeds(meta: BundleMeta, request: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Pipeline request fields -> checked, typed arrays, one per feed. Raises ValueError."""
+    """Pipeline request fields -> checked, typed arrays, one per feed. Raises ValueError.
+
+    The shape and the value range (numpy min/max) are checked on the array as decoded, before
+    the cast to the feed's dtype, so a value the cast would wrap is caught too.
+    """
     expected = {spec.name for spec in meta.feeds}
     unknown = sorted(set(request) - expected)
     if unknown:

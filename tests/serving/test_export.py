@@ -87,3 +87,104 @@ def test_read_bundle_explains_a_non_bundle(tmp_path: Path) -> None:
     (tmp_path / "inference.pdmodel").write_bytes(b"")
     with pytest.raises(BundleError, match=r"missing inference\.pdiparams"):
         read_bundle(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def token_prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Token ids into a 50-row embedding, and a float feed beside them."""
+    import paddle
+
+    class Tokens(paddle.nn.Layer):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.embedding = paddle.nn.Embedding(50, 4)
+
+        def forward(self, ids: paddle.Tensor, scale: paddle.Tensor) -> paddle.Tensor:
+            return self.embedding(ids).sum(axis=1) * scale
+
+    prefix = tmp_path_factory.mktemp("tokens") / "tokens"
+    paddle.jit.save(
+        Tokens(),
+        str(prefix),
+        input_spec=[
+            paddle.static.InputSpec([None, 6], "int64", name="ids"),
+            paddle.static.InputSpec([None, 1], "float32", name="scale"),
+        ],
+    )
+    return prefix
+
+
+def test_a_given_value_range_is_stored_and_read_back(token_prefix: Path, tmp_path: Path) -> None:
+    meta = export_bundle(token_prefix, tmp_path / "b", value_ranges={"ids": (1, 40)})
+    assert [(f.name, f.value_range) for f in meta.feeds] == [("ids", (1, 40)), ("scale", None)]
+    assert read_bundle(tmp_path / "b") == meta
+    feeds = json.loads((tmp_path / "b" / "bundle.json").read_text())["feeds"]
+    assert feeds[0]["value_range"] == [1, 40]
+    assert "value_range" not in feeds[1]
+
+
+def test_an_embedding_lookups_range_comes_from_the_graph(
+    token_prefix: Path, tmp_path: Path
+) -> None:
+    meta = export_bundle(token_prefix, tmp_path / "b")
+    assert [f.value_range for f in meta.feeds] == [(0, 50), None]
+    assert read_bundle(tmp_path / "b") == meta
+
+
+def test_a_model_without_integer_feeds_records_no_range(tiny_prefix: Path, tmp_path: Path) -> None:
+    meta = export_bundle(tiny_prefix, tmp_path / "b")
+    assert [f.value_range for f in meta.feeds] == [None, None]
+    assert "value_range" not in (tmp_path / "b" / "bundle.json").read_text()
+
+
+@pytest.mark.parametrize(
+    ("value_ranges", "message"),
+    [
+        ({"nope": (0, 5)}, r"value ranges for unknown feed\(s\) \['nope'\]"),
+        ({"scale": (0, 5)}, r"feed 'scale': it is float32; only integer feeds"),
+        ({"ids": (5, 5)}, r"feed 'ids': \(5, 5\); expected \(low, high\)"),
+        ({"ids": (0, 2.5)}, r"feed 'ids': \(0, 2\.5\); expected \(low, high\)"),
+        ({"ids": (0, 51)}, r"lets through ids that the model's embedding table \(50 rows\)"),
+        ({"ids": (-1, 50)}, r"give a range within 0 <= ids < 50"),
+    ],
+    ids=["unknown-feed", "float-feed", "empty", "float-bound", "past-the-table", "negative"],
+)
+def test_a_wrong_value_range_is_refused_at_export(
+    token_prefix: Path, tmp_path: Path, value_ranges: dict[str, tuple[int, int]], message: str
+) -> None:
+    with pytest.raises(BundleError, match=message):
+        export_bundle(token_prefix, tmp_path / "out", value_ranges=value_ranges)
+
+
+def _write_meta(bundle_dir: Path, feed: dict[str, object]) -> None:
+    bundle_dir.mkdir()
+    for required in ("inference.pdmodel", "inference.pdiparams", "serving_server_conf.prototxt"):
+        (bundle_dir / required).write_bytes(b"")
+    meta = {
+        "name": "sentiment",
+        "version": "legacy_v1",
+        "feeds": [{"name": "x", "var": "x", "dtype": "int64", "shape": [-1, 128], **feed}],
+        "fetches": [{"name": "prob", "var": "p", "dtype": "float32", "shape": [-1, 2]}],
+        "paddle_version": "2.6.2",
+    }
+    (bundle_dir / "bundle.json").write_text(json.dumps(meta))
+
+
+def test_metadata_from_before_value_ranges_reads_without_one(tmp_path: Path) -> None:
+    _write_meta(tmp_path / "old", {})
+    meta = read_bundle(tmp_path / "old")
+    assert [(f.name, f.shape, f.value_range) for f in meta.feeds] == [("x", (-1, 128), None)]
+    assert "value_range" not in meta.to_json()
+
+
+@pytest.mark.parametrize(
+    "value_range",
+    [[0], [5, 5], [0, 1.5], "0-1000", [True, 3]],
+    ids=["one-bound", "empty", "float", "string", "bool"],
+)
+def test_a_malformed_value_range_in_metadata_is_explained(
+    tmp_path: Path, value_range: object
+) -> None:
+    _write_meta(tmp_path / "bad", {"value_range": value_range})
+    with pytest.raises(BundleError, match=r"malformed bundle metadata.*value_range"):
+        read_bundle(tmp_path / "bad")
