@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -30,6 +31,7 @@ from router.api.events import OutcomeEndpoint
 from router.api.openapi import OpenApiDocument
 from router.api.status import StatusViews, get_only
 from router.auth import AdminAuth
+from router.fleet.runtime import FleetRuntime
 from router.guard.runtime import GuardRuntime, GuardSetup
 from router.proxy.handler import ProxyHandler
 from router.proxy.live_registry import LiveRegistry
@@ -115,7 +117,7 @@ def create_app(
         os.environ if environ is None else environ, config.router.admin_token_env
     )
     app[ADMIN_AUTH] = auth
-    runtime = GuardRuntime(guard, logs.decisions, metrics.registry) if guard else None
+    runtime = _guard_runtime(config, guard, logs, metrics, replica)
     app[GUARD] = runtime
     if runtime is not None:
         app[OBSERVER] = runtime.guard
@@ -133,7 +135,12 @@ def create_app(
 
     handler = ProxyHandler(live, upstreams, metrics, logs, auth)
     app[PROXY] = handler
-    views = StatusViews(live, _Deferred(app), metrics)
+    views = StatusViews(
+        live,
+        _Deferred(app),
+        metrics,
+        runtime.describe_fleet if isinstance(runtime, FleetRuntime) else None,
+    )
     outcomes = OutcomeEndpoint(logs.outcomes, live)
     app.router.add_route("*", "/events", outcomes.handle)
     app.router.add_route("*", "/experiments", get_only(views.experiments))
@@ -181,11 +188,33 @@ def _event_logs(logs: EventLogs) -> CleanupContext:
     return context
 
 
+def _guard_runtime(
+    config: RouterConfig,
+    guard: Optional[GuardSetup],
+    logs: EventLogs,
+    metrics: RouterMetrics,
+    replica: Optional[str],
+) -> Optional[GuardRuntime]:
+    """The guard of a router alone, or of one replica of a fleet (router.fleet)."""
+    if guard is None:
+        return None
+    fleet = config.router.fleet
+    if fleet is None:
+        return GuardRuntime(guard, logs.decisions, metrics.registry)
+    return FleetRuntime(
+        guard, logs.decisions, metrics.registry, fleet=fleet,
+        replica=replica or fleet.replica or socket.gethostname(),
+        experiments=config.experiments,
+    )  # fmt: skip
+
+
 def _guard(runtime: GuardRuntime) -> CleanupContext:
     """The guard's task; on the way out a last round of checks, decisions and saves, before
-    the logs close."""
+    the logs close. A replica of a fleet takes the fleet's states before it serves."""
 
     async def context(app: web.Application) -> AsyncIterator[None]:
+        if isinstance(runtime, FleetRuntime):
+            await runtime.join()
         runtime.start()
         yield
         await runtime.stop()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -28,10 +28,18 @@ def get_only(handler: Handler) -> Handler:
 
 
 class StatusViews:
-    def __init__(self, live: LiveRegistry, traffic: TrafficPolicy, metrics: RouterMetrics) -> None:
+    def __init__(
+        self,
+        live: LiveRegistry,
+        traffic: TrafficPolicy,
+        metrics: RouterMetrics,
+        fleet: Optional[Callable[[], dict[str, Any]]] = None,
+    ) -> None:
+        """`fleet`: this replica's place in a fleet (in sync, deciding), for /readyz."""
         self._live = live
         self._traffic = traffic
         self._metrics = metrics
+        self._fleet = fleet
 
     async def experiments(self, request: web.Request) -> web.Response:
         snapshot = self._live.current
@@ -106,7 +114,10 @@ class StatusViews:
         if unhealthy:
             message = f"no endpoint in rotation for control backend(s): {', '.join(unhealthy)}"
             return to_response(error_answer(503, "not_ready", message))
-        return json_response({"status": "ready"})
+        ready: dict[str, Any] = {"status": "ready"}
+        if self._fleet is not None:  # cut off from the fleet, a replica still serves: ready
+            ready["fleet"] = self._fleet()
+        return json_response(ready)
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional, Protocol
 
 from router.guard.rollout import (
@@ -46,6 +46,7 @@ from router.guard.slo import (
     SlidingWindow,
     SloConfigLike,
     SloThresholds,
+    WindowExport,
     WindowStats,
     evaluate,
     worst,
@@ -59,6 +60,8 @@ WINDOW_SLICES = 10
 MAX_RESOLUTION_S = 1.0
 # What seconds_until_due says when no experiment has an slo (nothing to check).
 IDLE_WAIT_S = 60.0
+# Other processes' windows: experiment -> arm -> their SlidingWindow.export()s.
+RemoteWindows = Mapping[str, Mapping[str, Sequence[WindowExport]]]
 
 
 # --- the registry as the guard reads it ------------------------------------------------------
@@ -179,7 +182,7 @@ class _Tracked:
     arms: tuple[str, ...] = ()
     windows: dict[str, SlidingWindow] = field(default_factory=dict)
     next_check_at: float = 0.0
-    counted: int = 0  # evaluated arms' calls seen by the previous check
+    counted: Optional[int] = 0  # evaluated arms' calls seen by the previous check
     stats: dict[str, WindowStats] = field(default_factory=dict)
     results: dict[str, CheckResult] = field(default_factory=dict)
     last_decision: Optional[Decision] = None
@@ -282,10 +285,21 @@ class Guard:
         due = [t.next_check_at for t in self._tracked.values() if t.thresholds is not None]
         return max(0.0, min(due) - current) if due else IDLE_WAIT_S
 
-    def tick(self, now: Optional[float] = None) -> list[Decision]:
+    def tick(
+        self,
+        now: Optional[float] = None,
+        *,
+        checks: bool = True,
+        remote: Optional[RemoteWindows] = None,
+        may_advance: bool = True,
+    ) -> list[Decision]:
         """Run the checks that are due; returns their decisions, after those of the start.
 
-        (Operator actions and reloads return their decisions directly.)"""
+        In a fleet (router.fleet): only the replica that decides runs `checks`, over its own
+        calls and those of the others (`remote`: per experiment and arm, their
+        `SlidingWindow.export`s); a replica cut off from the fleet checks its own calls but
+        takes no ramp step (`may_advance=False`). (Operator actions and reloads return their
+        decisions directly.)"""
         current = self._now(now)
         for tracked in self._tracked.values():
             if tracked.thresholds is None or current < tracked.next_check_at:
@@ -295,27 +309,40 @@ class Guard:
             tracked.next_check_at = (
                 following if following > current else current + tracked.interval_s
             )
-            self._check(tracked, current)
+            if checks:
+                others = (remote or {}).get(tracked.name, {})
+                self._check(tracked, current, others, may_advance)
         decisions, self._outbox = self._outbox, []
         return decisions
 
-    def _check(self, tracked: _Tracked, now: float) -> None:
+    def _check(
+        self,
+        tracked: _Tracked,
+        now: float,
+        others: Mapping[str, Sequence[WindowExport]],
+        may_advance: bool,
+    ) -> None:
         assert tracked.thresholds is not None
-        stats = {
-            arm: window.snapshot(now, tracked.window_s) for arm, window in tracked.windows.items()
+        windows = {
+            arm: window.merged(others[arm]) if others.get(arm) else window
+            for arm, window in tracked.windows.items()
         }
+        stats = {arm: window.snapshot(now, tracked.window_s) for arm, window in windows.items()}
         control = stats[tracked.arms[0]]
         results = {
             arm: evaluate(tracked.thresholds, stats[arm], control) for arm in tracked.evaluated
         }
         variant, result = worst(results)
-        counted = sum(tracked.windows[arm].total for arm in tracked.evaluated)
-        new_samples, tracked.counted = counted - tracked.counted, counted
+        counted = sum(windows[arm].total for arm in tracked.evaluated)
+        # None: the first check since this guard began to decide counts no calls as new.
+        previous = counted if tracked.counted is None else tracked.counted
+        new_samples, tracked.counted = counted - previous, counted
         tracked.stats, tracked.results = stats, results
+        policy = tracked.policy if may_advance else replace(tracked.policy, ramp=None)
         state, decision = on_check(
             tracked.state,
             result,
-            tracked.policy,
+            policy,
             experiment=tracked.name,
             now=now,
             new_samples=new_samples,
@@ -445,6 +472,36 @@ class Guard:
         tracked.windows = {arm: SlidingWindow(tracked.window_s, resolution) for arm in tracked.arms}
         tracked.counted = 0
         self._windows[tracked.name] = tracked.windows
+
+    # --- a fleet ----------------------------------------------------------------------------
+
+    def adopt(self, experiment: str, state: RolloutState) -> bool:
+        """Put in force a state another replica decided (router.fleet); no decision is
+        emitted, it was written where it was made. True if the state changed."""
+        tracked = self._tracked.get(experiment)
+        if tracked is None or state == tracked.state:
+            return False
+        resumed = state.status == "running" and tracked.state.status != "running"
+        new_revision = state.revision != tracked.state.revision
+        tracked.state = state
+        self._dirty.add(experiment)  # saved in state_dir too: where a cut-off restart begins
+        if resumed or new_revision:
+            self._fresh_windows(tracked)
+        return True
+
+    def export_windows(self) -> dict[str, dict[str, WindowExport]]:
+        """This process's calls, per experiment and arm, for the replica that decides."""
+        return {
+            name: {arm: window.export() for arm, window in tracked.windows.items()}
+            for name, tracked in self._tracked.items()
+            if tracked.windows
+        }
+
+    def begin_deciding(self) -> None:
+        """This guard now decides for the fleet: its next checks count ramp samples from the
+        fleet's calls as they are then, not from zero."""
+        for tracked in self._tracked.values():
+            tracked.counted = None
 
     # --- persistence -------------------------------------------------------------------------
 

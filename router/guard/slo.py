@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Protocol
 
@@ -118,6 +118,31 @@ class _Bucket:
         self.bins: dict[int, int] = {}
 
 
+# A SlidingWindow as plain data: {"total": n, "slices": [[slot, count, errors, compared,
+# agreed, [[bin, n], ...]], ...]}.
+WindowExport = dict[str, Any]
+
+
+def _add_slice(
+    slots: dict[int, _Bucket],
+    slot: int,
+    count: int,
+    errors: int,
+    compared: int,
+    agreed: int,
+    bins: Iterable[Any],
+) -> None:
+    bucket = slots.get(slot)
+    if bucket is None:
+        bucket = slots[slot] = _Bucket(slot)
+    bucket.count += count
+    bucket.errors += errors
+    bucket.compared += compared
+    bucket.agreed += agreed
+    for index, n in bins:
+        bucket.bins[index] = bucket.bins.get(index, 0) + n
+
+
 class SlidingWindow:
     """Outcomes of one (experiment, arm) over the last `retention_s` seconds.
 
@@ -177,6 +202,33 @@ class SlidingWindow:
         bucket.compared += 1
         if agree:
             bucket.agreed += 1
+
+    def export(self) -> WindowExport:
+        """The slices as plain data, for another process to merge (the fleet's guard)."""
+        return {
+            "total": self.total,
+            "slices": [
+                [b.slot, b.count, b.errors, b.compared, b.agreed, sorted(b.bins.items())]
+                for b in self._buckets
+            ],
+        }
+
+    def merged(self, exports: Iterable[WindowExport]) -> SlidingWindow:
+        """A window with this one's calls and those of `exports` (other processes' windows of
+        the same length, on clocks that agree): slices of the same time add up."""
+        slots: dict[int, _Bucket] = {}
+        for bucket in self._buckets:
+            _add_slice(slots, bucket.slot, bucket.count, bucket.errors, bucket.compared,
+                       bucket.agreed, bucket.bins.items())  # fmt: skip
+        total = self.total
+        for exported in exports:
+            total += int(exported["total"])
+            for slot, count, errors, compared, agreed, bins in exported["slices"]:
+                _add_slice(slots, slot, count, errors, compared, agreed, bins)
+        window = SlidingWindow(self.retention_s, self.resolution_s)
+        window._buckets.extend(slots[slot] for slot in sorted(slots))
+        window.total = total
+        return window
 
     def snapshot(self, now: float, window_s: float) -> WindowStats:
         newest = math.floor(now / self.resolution_s)

@@ -1,0 +1,1 @@
+"""Several routers acting as one: rollout state, decisions and measurements shared in Redis."""
