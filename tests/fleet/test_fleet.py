@@ -36,7 +36,7 @@ TOKEN = secrets.token_urlsafe(16)
 # Fast checks, so that the fleet's timing promises are measured in seconds.
 # A frozen treatment's calls time out (timeout_ms 300): errors. (p99 is left loose: the demo
 # servers' latency on a busy 2-core machine is not what this test is about.)
-SLO = {
+SLO: dict[str, Any] = {
     "interval": "1s", "window": "4s", "min_samples": 40, "failed_checks": 2,
     "p99_ms": 2000, "error_rate": 0.1,
 }  # fmt: skip
