@@ -25,7 +25,7 @@ SLO = {
 def test_windows_of_three_processes_merge_into_the_fleets_within_one_percent() -> None:
     rng = np.random.default_rng(20261206)
     processes = [SlidingWindow(10.0, 1.0) for _ in range(3)]
-    everything = []
+    everything: list[float] = []
     for index, window in enumerate(processes):
         latencies = rng.lognormal(math.log(0.003 * (index + 1)), 0.6, 5000)
         for n, latency in enumerate(latencies):
