@@ -575,6 +575,7 @@ class ProxyHandler:
                     (field, headers.get(header.lower()))
                     for field, header in settings.attributes.items()
                 ],
+                max_attribute_chars=settings.max_attribute_chars,
             )
         )
 

@@ -317,6 +317,19 @@ async def test_exposure_record_fields(aiohttp_client: Any, tmp_path: Path, fakes
     assert anonymous["assigned"] == "control"
 
 
+async def test_attributes_are_cut_at_the_configured_length(
+    aiohttp_client: Any, tmp_path: Path, fakes: Fakes
+) -> None:
+    client = await router_for(
+        aiohttp_client, tmp_path, fakes, {"router": {"max_attribute_chars": 5}}
+    )
+    await post(client, "alice", **{"X-City": "amsterdam"})
+    app = client.app
+    assert app is not None
+    [record] = exposures(app)
+    assert (record["city"], record["truncated"]) == ("amste", ["city"])
+
+
 async def test_hashed_unit_ids(aiohttp_client: Any, tmp_path: Path, fakes: Fakes) -> None:
     client = await router_for(aiohttp_client, tmp_path, fakes, {"router": {"hash_unit_ids": True}})
     await post(client, "alice")
