@@ -65,10 +65,25 @@ class CutFile:
 
 
 @dataclass(frozen=True)
+class ReplicaCounts:
+    """The records of this experiment that one router replica wrote (router.fleet)."""
+
+    replica: Optional[str]  # None: records without one (a router alone)
+    exposures: int = 0  # each request once, as in DataQuality.exposure_records
+    outcomes: int = 0  # as in DataQuality.outcome_records
+    decisions: int = 0
+    first_ts: Optional[datetime] = None  # of all three kinds
+    last_ts: Optional[datetime] = None
+
+
+@dataclass(frozen=True)
 class DataQuality:
     exposure_files: int = 0
     outcome_files: int = 0
-    exposure_records: int = 0  # records of this experiment
+    exposure_records: int = 0  # records of this experiment, each request once
+    # Copies of a record counted above (the same request_id, replica, unit and ts: a file read
+    # twice, a log shipper's second delivery): skipped, not in exposure_records.
+    duplicate_exposures: int = 0
     unreadable_lines: int = 0  # exposure and outcome lines that are not records
     truncated_last_lines: int = 0  # of those, a file's incomplete last line
     not_enrolled: int = 0
@@ -84,6 +99,8 @@ class DataQuality:
     outcomes_before_exposure: int = 0
     outcomes_unknown_unit: int = 0
     cut_files: tuple[CutFile, ...] = ()
+    # Per replica, when the records name one; sorted by replica, records without one last.
+    replicas: tuple[ReplicaCounts, ...] = ()
 
 
 Stratum = float  # the treatment traffic (percent) in force at a unit's first exposure

@@ -55,7 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--config", type=Path, default=Path("experiments.yaml"),
                         help="the registry (default: experiments.yaml)")  # fmt: skip
-    report.add_argument("--logs", type=Path, help="log directory (default: the registry's log_dir)")
+    report.add_argument("--logs", type=Path, nargs="+", metavar="DIR",
+                        help="log directories, one or more: the logs of several router replicas "
+                        "are read together (default: the registry's log_dir)")  # fmt: skip
     report.add_argument("--experiment", help="experiment name (default: the only one)")
     report.add_argument("--json", action="store_true", help="print the report as JSON")
     report.add_argument("--out", type=Path,
@@ -87,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
 def _report(args: argparse.Namespace) -> int:
     registry = load_registry(args.config)
     spec = registry.experiment(args.experiment)
-    logs = find_logs(args.logs or registry.log_dir)
+    logs = find_logs(*(args.logs or [registry.log_dir]))
     decisions = read_decisions(logs.decisions)
     history = traffic_history(
         decisions.records, spec.name, spec.arms.configured_traffic, spec.ramp_steps
@@ -97,6 +99,7 @@ def _report(args: argparse.Namespace) -> int:
         spec.name,
         registry.attributes,
         history,
+        decisions=decisions.records,
         control=spec.arms.control,
         threads=args.threads,
         memory_limit=args.memory_limit,

@@ -3,6 +3,14 @@
 Exposures and outcomes rotate daily (`exposures-YYYY-MM-DD.jsonl`, optionally gzipped by a log
 rotator); the engine reads those. `decisions.jsonl` is small and read here. A writer that dies
 mid-line leaves an incomplete last line: it is skipped and counted, never fatal.
+
+A router in a fleet names its files by its replica id (`exposures-YYYY-MM-DD.<replica>.jsonl`,
+`outcomes-YYYY-MM-DD.<replica>.jsonl`, `decisions.<replica>.jsonl`; router.records.jsonl), so
+one directory may hold the files of several replicas, beside files without a replica. The
+replica that counts is the one in each record; the name only keeps the files apart. Logs may
+also lie in several directories (one per replica, or shipped from several nodes): `find_logs`
+takes them all, and a file reached twice (the same directory given twice, or through a link)
+is read once.
 """
 
 from __future__ import annotations
@@ -16,8 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-_DAILY = re.compile(r"^(exposures|outcomes)-\d{4}-\d{2}-\d{2}\.jsonl(\.gz)?$")
-_DECISIONS = re.compile(r"^decisions(-[\w.-]+)?\.jsonl(\.gz)?$")
+# The replica part: router.records.jsonl.replica_in_file_names spells ids with these characters.
+_REPLICA = r"(?:\.[A-Za-z0-9_.-]+)?"
+_DAILY = re.compile(rf"^(exposures|outcomes)-\d{{4}}-\d{{2}}-\d{{2}}{_REPLICA}\.jsonl(\.gz)?$")
+# `decisions-<anything>.jsonl`: a rotated decision log.
+_DECISIONS = re.compile(rf"^decisions(-[\w.-]+)?{_REPLICA}\.jsonl(\.gz)?$")
 
 
 class LogError(Exception):
@@ -26,24 +37,32 @@ class LogError(Exception):
 
 @dataclass(frozen=True)
 class LogFiles:
-    directory: Path
+    directories: tuple[Path, ...]
     exposures: tuple[Path, ...]
     outcomes: tuple[Path, ...]
     decisions: tuple[Path, ...]
 
 
-def find_logs(directory: Path) -> LogFiles:
-    if not directory.is_dir():
-        raise LogError(f"{directory}: log directory not found")
+def find_logs(*directories: Path) -> LogFiles:
+    """The log files of one or more directories, in the order given (each sorted by name)."""
+    for directory in directories:
+        if not directory.is_dir():
+            raise LogError(f"{directory}: log directory not found")
     found: dict[str, list[Path]] = {"exposures": [], "outcomes": [], "decisions": []}
-    for path in sorted(directory.iterdir()):
-        match = _DAILY.match(path.name)
-        if match and path.is_file():
-            found[match.group(1)].append(path)
-        elif _DECISIONS.match(path.name) and path.is_file():
-            found["decisions"].append(path)
+    seen: set[tuple[int, int]] = set()
+    for directory in directories:
+        for path in sorted(directory.iterdir()):
+            match = _DAILY.match(path.name)
+            kind = match.group(1) if match else "decisions" if _DECISIONS.match(path.name) else None
+            if kind is None or not path.is_file():
+                continue
+            stat = path.stat()
+            if (stat.st_dev, stat.st_ino) in seen:  # the same file, found again
+                continue
+            seen.add((stat.st_dev, stat.st_ino))
+            found[kind].append(path)
     return LogFiles(
-        directory,
+        tuple(directories),
         tuple(found["exposures"]),
         tuple(found["outcomes"]),
         tuple(found["decisions"]),

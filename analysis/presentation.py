@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Optional
 
+from analysis.aggregates import MISSING, ReplicaCounts
 from analysis.document import Block, Bullets, Document, Image, Paragraph, Section, Table
 from analysis.registry import MetricPlan
 from analysis.results import PRIMARY, SECONDARY, MetricResult, Report, SegmentResult, Trend
@@ -250,6 +251,11 @@ def _data(report: Report) -> Section:
     rows = (
         ("exposure files / outcome files", f"{q.exposure_files} / {q.outcome_files}"),
         ("exposure records of this experiment", f"{q.exposure_records:,}"),
+        *(
+            (("  copies of a record above (read twice; skipped)", f"{q.duplicate_exposures:,}"),)
+            if q.duplicate_exposures
+            else ()
+        ),
         ("  not enrolled (not counted)", f"{q.not_enrolled:,}"),
         ("  enrolled but missing ts, unit or arm", f"{q.unusable_exposures:,}"),
         ("units logged in more than one arm (kept in the first)", f"{q.switched_units:,}"),
@@ -266,9 +272,31 @@ def _data(report: Report) -> Section:
         ("gzipped files cut short (records missing)", f"{len(q.cut_files):,}"),
     )
     blocks: list[Block] = [Table(("", "count"), rows, ("l", "r"))]
+    if q.replicas:
+        blocks += [
+            Paragraph("Records per router replica (the `replica` field of each record):"),
+            _replicas(q.replicas),
+        ]
     if report.notes:
         blocks.append(Bullets(report.notes))
     return Section("Data", blocks)
+
+
+def _replicas(replicas: Sequence[ReplicaCounts]) -> Table:
+    """The records of each router replica (router.fleet) whose logs were read."""
+    rows = tuple(
+        (
+            MISSING if r.replica is None else r.replica,
+            f"{r.exposures:,}", f"{r.outcomes:,}", f"{r.decisions:,}",
+            _time(r.first_ts) if r.first_ts else "-", _time(r.last_ts) if r.last_ts else "-",
+        )
+        for r in replicas
+    )  # fmt: skip
+    return Table(
+        ("replica", "exposures", "outcomes", "decisions", "first record (UTC)", "last record"),
+        rows,
+        ("l", "r", "r", "r", "l", "l"),
+    )
 
 
 def _shown_metrics(report: Report, full: bool) -> set[str]:

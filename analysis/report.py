@@ -476,6 +476,12 @@ def _quality_messages(q: DataQuality) -> tuple[list[str], list[str]]:
             f"{q.bad_values:,} outcome record(s) had a value that is not a finite number "
             "(text, null, NaN, Infinity); skipped"
         )
+    if q.duplicate_exposures:
+        notes.append(
+            f"{q.duplicate_exposures:,} exposure record(s) were copies of one already read (the "
+            "same request_id, replica, unit and ts: a log file read twice, or delivered twice); "
+            "each request is counted once"
+        )
     if q.duplicate_outcomes:
         notes.append(
             f"{q.duplicate_outcomes:,} outcome record(s) repeated an earlier one (the same "
