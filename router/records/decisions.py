@@ -3,7 +3,8 @@
 The SLO guard, the ramp and operators decide through the rollout state machine
 (router.guard.rollout.Decision); without the guard, a registry edit that changes an
 experiment's traffic is recorded by the reload (router.proxy.reload). Both write this record,
-which the analysis reads to know the traffic in force over time.
+which the analysis reads to know the traffic in force over time. In a fleet the log writer
+adds the `replica` that wrote it (router.records.jsonl).
 """
 
 from __future__ import annotations

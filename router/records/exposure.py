@@ -8,6 +8,10 @@ An attribute is a request header, so its value is the client's: a value longer t
 `router.max_attribute_chars` (256 characters by default) is logged cut to that many characters,
 and the record then names the attributes that were cut (`"truncated": ["city"]`). So no client
 makes an exposure line longer than the fields below plus that bound per attribute.
+
+In a fleet (router.fleet) the line also ends with `"replica": "<id>"`, the router process that
+answered. This dict does not hold it: the log writer appends the field as a constant piece of
+text (router.records.jsonl), so the request path pays nothing for it.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ EXPOSURE_FIELDS = frozenset(
     }
 )  # fmt: skip
 # Fields only some records carry (`override: true` on X-Variant-Override requests; `truncated`:
-# the attributes whose value was cut to the limit).
-OPTIONAL_EXPOSURE_FIELDS = frozenset({"override", "truncated"})
+# the attributes whose value was cut to the limit; `replica`: the router process in a fleet,
+# written by the log writer).
+OPTIONAL_EXPOSURE_FIELDS = frozenset({"override", "truncated", "replica"})
 # The default of `router.max_attribute_chars` (records sit below the registry: a test checks
 # that the two agree).
 MAX_ATTRIBUTE_CHARS = 256
