@@ -336,14 +336,16 @@ class _Supervisor:
         """Wait for every worker to exit (killed after WORKER_STOP_TIMEOUT_S); 0 if each ended
         well: exit code 0, or the SIGTERM it got before it could handle it."""
         code = 0
+        deadline = time.monotonic() + WORKER_STOP_TIMEOUT_S
         for worker in self._workers:
             process = worker.process
             if process is None:
                 continue
             try:
-                ended = await asyncio.wait_for(
-                    asyncio.shield(process.wait()), WORKER_STOP_TIMEOUT_S
-                )
+                left = max(deadline - time.monotonic(), 0.0)
+                ended = process.returncode
+                if ended is None:
+                    ended = await asyncio.wait_for(process.wait(), left)
             except asyncio.TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
@@ -412,10 +414,10 @@ class _Supervisor:
         while True:
             process = worker.process
             ended = await process.wait()
+            if self._stopping:  # how it ended is _wait_all's to judge
+                return
             served = time.monotonic() - (worker.listening_since or time.monotonic())
             worker.listening_since = None
-            if self._stopping:
-                return
             if served >= STABLE_AFTER_S:
                 worker.restarts_in_a_row = 0
             why = f"{_ended(ended)}"
@@ -429,7 +431,7 @@ class _Supervisor:
                     flush=True,
                 )
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(self._stop.wait()), delay)
+                    await asyncio.wait_for(self._stop.wait(), delay)
                 if self._stopping:
                     return
                 start = await self._start(worker)
@@ -438,13 +440,15 @@ class _Supervisor:
                     break
                 failed_starts += 1
                 assert worker.process is not None
-                process, why = worker.process, "failed to start: " + start.problem[-1]
+                process = worker.process
+                why = "failed to start: " + start.problem[0].removeprefix("error: ")
                 if failed_starts >= GIVE_UP_AFTER and not any(
                     w.listening_since is not None for w in self._workers
                 ):
                     self._gave_up = [
-                        f"error: worker {worker.index} failed to start {failed_starts} times in "
-                        f"a row and no worker listens; the last time: {start.problem[-1]}"
+                        *start.problem,
+                        f"error: worker {worker.index} failed to start {failed_starts} times "
+                        "in a row and no worker listens; stopping",
                     ]
                     self._request_stop()
                     return
