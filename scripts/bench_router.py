@@ -13,11 +13,17 @@ a p50 overhead at 1 client paired request by request against Paddle Serving.
 usage: scripts/bench_router.sh [--duration S] [--rounds N] [--static-concurrency 1,32]
                                [--paddle-concurrency 1,16] [--models DIR] [--skip-paddle]
                                [--probe-rounds N] [--baseline DIR]
-                               [--isolate] [--json FILE]
+                               [--isolate] [--json FILE] [--workers-section]
 
 `--baseline DIR` runs a second router, from another checkout, beside this one: the same load,
 the same rounds and the same alternating client measure both, so a change is judged side by
 side in one run (`git worktree add /tmp/base HEAD~1`, then `--baseline /tmp/base`).
+
+`--workers-section` measures, instead, several processes against one on the static backend:
+the router alone (`router`), the router in a fleet with `--workers 1` and `--workers 2`
+(`router-w1`, `router-w2`; a `redis-server` on a free port holds the fleet's state) and nginx
+`split_clients` with `worker_processes 1` and `2` (`nginx`, `nginx-w2`). The CPU of a router
+with workers is its supervisor's and every worker's.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,18 +82,31 @@ class Result:
 # --- tools -----------------------------------------------------------------------------------
 
 
-def ensure_tools() -> None:
-    missing = [tool for tool in ("wrk", "nginx") if shutil.which(tool) is None]
+def ensure_tools(redis: bool = False) -> None:
+    """wrk and nginx (and redis-server for the workers section), from Debian when missing."""
+    packages = {"wrk": "wrk", "nginx": "nginx-light", "redis-server": "redis-server"}
+    wanted = ["wrk", "nginx", *(["redis-server"] if redis else [])]
+    missing = [packages[tool] for tool in wanted if shutil.which(tool) is None]
     if not missing:
         return
     if os.geteuid() != 0:
         sys.exit(
-            f"bench: missing {', '.join(missing)}; run: sudo apt-get install -y wrk nginx-light"
+            f"bench: missing {', '.join(missing)}; run: sudo apt-get install -y {' '.join(missing)}"
         )
     print(f"bench: installing {', '.join(missing)} from Debian", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk", "nginx-light"], check=True, env=env)
+    # policy-rc.d 101: install without starting the servers the packages ship (redis-server's).
+    no_start = Path("/usr/sbin/policy-rc.d")
+    created = not no_start.exists()
+    if created:
+        no_start.write_text("#!/bin/sh\nexit 101\n")
+        no_start.chmod(0o755)
+    try:
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
+    finally:
+        if created:
+            no_start.unlink()
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -161,11 +180,11 @@ def process(command: list[str], log: Path, **kwargs: object) -> Iterator[subproc
 # --- the servers -----------------------------------------------------------------------------
 
 
-def nginx_config(work: Path, port: int, http_block: str) -> Path:
+def nginx_config(work: Path, port: int, http_block: str, workers: int = 1) -> Path:
     user = "user root;\n" if os.geteuid() == 0 else ""
     conf = work / f"nginx-{port}.conf"
     conf.write_text(
-        f"""{user}worker_processes 1;
+        f"""{user}worker_processes {workers};
 daemon off;
 pid {work}/nginx-{port}.pid;
 error_log {work}/nginx-{port}-error.log warn;
@@ -193,7 +212,9 @@ def static_backend_block(port: int) -> str:
   }}"""
 
 
-def split_clients_block(work: Path, port: int, static: str, paddle: Optional[str]) -> str:
+def split_clients_block(
+    work: Path, port: int, static: str, paddle: Optional[str], log: str = "nginx-exposures.log"
+) -> str:
     upstreams = []
     for name, target in (("static", static), ("paddle", paddle)):
         if target is None:
@@ -206,7 +227,7 @@ def split_clients_block(work: Path, port: int, static: str, paddle: Optional[str
     if paddle is not None:
         locations.append("    location /sentiment/ { proxy_pass http://paddle_$variant; }")
     return f"""  log_format exposure '$msec $http_x_user_id $variant $status $request_time $upstream_addr';
-  access_log {work}/nginx-exposures.log exposure buffer=64k flush=1s;
+  access_log {work}/{log} exposure buffer=64k flush=1s;
   split_clients "${{http_x_user_id}}" $variant {{ 50% control; * treatment; }}
 {chr(10).join(upstreams)}
   proxy_http_version 1.1;
@@ -217,8 +238,15 @@ def split_clients_block(work: Path, port: int, static: str, paddle: Optional[str
   }}"""
 
 
-def router_registry(work: Path, static: str, paddle: Optional[str], name: str = "router") -> Path:
-    """The benchmark's registry for the router `name` (its own log and state folders)."""
+def router_registry(
+    work: Path,
+    static: str,
+    paddle: Optional[str],
+    name: str = "router",
+    redis: Optional[str] = None,
+) -> Path:
+    """The benchmark's registry for the router `name` (its own log and state folders), in a
+    fleet of its own (`router.fleet`, named `name`) on `redis` when given."""
     backends = {
         "static-a": {"endpoints": [f"http://{static}"], "version": "static_a", "timeout_ms": 2000},
         "static-b": {"endpoints": [f"http://{static}"], "version": "static_b", "timeout_ms": 2000},
@@ -244,7 +272,7 @@ def router_registry(work: Path, static: str, paddle: Optional[str], name: str = 
             "route": "/sentiment/prediction", "salt": "bench", "control": "paddle-a",
             "treatment": "paddle-b", "traffic": 50,
         }  # fmt: skip
-    registry = {
+    registry: dict[str, Any] = {
         "router": {
             "log_dir": str(work / f"{name}-logs"),
             "state_dir": str(work / f"{name}-state"),
@@ -253,6 +281,8 @@ def router_registry(work: Path, static: str, paddle: Optional[str], name: str = 
         "backends": backends,
         "experiments": experiments,
     }
+    if redis is not None:
+        registry["router"]["fleet"] = {"redis": redis, "name": name}
     path = work / f"{name}.yaml"
     path.write_text(json.dumps(registry, indent=2))  # JSON is YAML
     return path
@@ -260,19 +290,28 @@ def router_registry(work: Path, static: str, paddle: Optional[str], name: str = 
 
 @contextmanager
 def router(
-    work: Path, registry: Path, checkout: Path = REPO, name: str = "router"
+    work: Path, registry: Path, checkout: Path = REPO, name: str = "router", workers: int = 1
 ) -> Iterator[tuple[int, list[int]]]:
-    """`python -m router` of `checkout` (this one, or another commit's for --baseline)."""
+    """`python -m router` of `checkout` (this one, or another commit's for --baseline); with
+    `workers` > 1 its processes are the supervisor and its workers."""
     port = free_port()
     command = [sys.executable, "-m", "router", "--config", str(registry), "--port", str(port)]
-    with process(command, work / f"{name}.log", cwd=checkout) as child:
-        wait_port(port)
-        yield port, [child.pid]
+    if workers > 1:
+        command += ["--workers", str(workers)]
+    log = work / f"{name}.log"
+    with process(command, log, cwd=checkout) as child:
+        # The serving line comes once every worker listens.
+        deadline = time.monotonic() + 60
+        while "router: serving on " not in log.read_text(errors="replace"):
+            if child.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"bench: {name} did not start:\n{log.read_text()}")
+            time.sleep(0.05)
+        yield port, [child.pid, *children(child.pid)]
 
 
 @contextmanager
-def nginx(work: Path, port: int, http_block: str) -> Iterator[list[int]]:
-    conf = nginx_config(work, port, http_block)
+def nginx(work: Path, port: int, http_block: str, workers: int = 1) -> Iterator[list[int]]:
+    conf = nginx_config(work, port, http_block, workers)
     with process(["nginx", "-c", str(conf), "-p", str(work)], work / f"nginx-{port}.out") as child:
         wait_port(port)
         yield [child.pid, *children(child.pid)]
@@ -611,14 +650,14 @@ def median_round(results: list[Result]) -> Result:
 
 def report(results: list[Result]) -> None:
     print()
-    header = f"{'backend':8} {'path':7} {'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'proxy cpu':>9} {'req/s/core':>10}"
+    header = f"{'backend':8} {'path':9} {'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'proxy cpu':>9} {'req/s/core':>10}"
     print(header)
     print("-" * len(header))
     for r in results:
         cpu = f"{r.proxy_cpu_s / r.duration_s * 100:8.0f}%" if r.proxy_cpu_s else f"{'-':>9}"
         core = f"{r.per_core:10.0f}" if r.per_core else f"{'-':>10}"
         print(
-            f"{r.backend:8} {r.path:7} {r.concurrency:4d} {r.requests_per_s:9.0f} {r.p50_ms:8.2f} "
+            f"{r.backend:8} {r.path:9} {r.concurrency:4d} {r.requests_per_s:9.0f} {r.p50_ms:8.2f} "
             f"{r.p99_ms:8.2f} {r.errors:6d} {cpu} {core}"
         )
     index = {(r.backend, r.path, r.concurrency): r for r in results}
@@ -660,6 +699,92 @@ def report(results: list[Result]) -> None:
             print(line)
 
 
+@contextmanager
+def redis_server(work: Path) -> Iterator[tuple[str, list[int]]]:
+    """A redis-server on a free loopback port that keeps nothing on disk: its URL and pid."""
+    port = free_port()
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+               "--appendonly", "no", "--dir", str(work)]  # fmt: skip
+    with process(command, work / "redis.log") as child:
+        wait_port(port)
+        yield f"redis://127.0.0.1:{port}/0", [child.pid]
+
+
+WORKER_PATHS = ("router", "router-w1", "router-w2", "nginx", "nginx-w2")
+
+
+def workers_section(args: argparse.Namespace) -> int:
+    """Several processes against one, static backend: WORKER_PATHS side by side, interleaved
+    rounds as in the main benchmark."""
+    concurrency = {"static": [int(c) for c in args.static_concurrency.split(",")], "paddle": []}
+    with ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-router-")))
+        static_port = free_port()
+        static = f"127.0.0.1:{static_port}"
+        stack.enter_context(nginx(work, static_port, static_backend_block(static_port)))
+        redis, redis_pids = stack.enter_context(redis_server(work))
+        proxies = {
+            "router": stack.enter_context(router(work, router_registry(work, static, None))),
+        }
+        for workers in (1, 2):
+            name = f"router-w{workers}"
+            registry = router_registry(work, static, None, name, redis)
+            proxies[name] = stack.enter_context(router(work, registry, REPO, name, workers))
+        for workers, name in ((1, "nginx"), (2, "nginx-w2")):
+            port = free_port()
+            block = split_clients_block(work, port, static, None, f"{name}-exposures.log")
+            proxies[name] = (port, stack.enter_context(nginx(work, port, block, workers)))
+
+        from tests.support import demo_request
+
+        script = wrk_script(work, json.dumps(demo_request(1)))
+        route = "/static/prediction"
+        targets = [Target("static", "direct", f"http://{static}{route}", [])]
+        for path in WORKER_PATHS:
+            port, pids = proxies[path]
+            targets.append(Target("static", path, f"http://127.0.0.1:{port}{route}", pids))
+        redis_before = cpu_seconds(redis_pids)
+        results = measure(targets, concurrency, script, args.duration, args.rounds)
+        redis_used = cpu_seconds(redis_pids) - redis_before
+        time.sleep(0.5)  # the routers flush their exposure logs every 0.2 s
+        logged = {
+            path: sum(
+                len(log.read_text().splitlines())
+                for log in (work / f"{path}-logs").glob("exposures-*.jsonl")
+            )
+            for path in WORKER_PATHS
+            if path.startswith("router")
+        }
+    report(results)
+    report_workers(results)
+    print(f"\nredis-server CPU over the whole section: {redis_used:.1f} s")
+    print("router exposure records written: " + ", ".join(f"{p} {n}" for p, n in logged.items()))
+    if args.json:
+        rows = [{**asdict(r), "per_core": r.per_core} for r in results]
+        args.json.write_text(json.dumps({"runs": rows, "redis_cpu_s": redis_used}, indent=2))
+    return 0
+
+
+def report_workers(results: list[Result]) -> None:
+    """Two processes against one: throughput and req/s per core, router and nginx."""
+    index = {(r.path, r.concurrency): r for r in results}
+    print()
+    for conc in sorted({r.concurrency for r in results}):
+        parts = []
+        for one, two in (("router-w1", "router-w2"), ("nginx", "nginx-w2")):
+            single, double = index.get((one, conc)), index.get((two, conc))
+            if single is None or double is None:
+                continue
+            part = f"{two}/{one} throughput {double.requests_per_s / single.requests_per_s:.3f}"
+            if single.per_core and double.per_core:
+                part += f", req/s per core {double.per_core / single.per_core:.3f}"
+            parts.append(part)
+        alone, fleet = index.get(("router", conc)), index.get(("router-w1", conc))
+        if alone is not None and fleet is not None and alone.per_core and fleet.per_core:
+            parts.append(f"router-w1/router req/s per core {fleet.per_core / alone.per_core:.3f}")
+        print(f"static c={conc}: " + "; ".join(parts))
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -684,9 +809,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         action="store_true",
         help="backends on the last CPU, proxies and wrk on the others (separate hosts, roughly)",
     )
+    parser.add_argument(
+        "--workers-section", action="store_true",
+        help="instead: the router with --workers 1 and 2 (in a fleet on a redis-server the "
+        "bench starts) and nginx with 1 and 2 worker processes, static backend only",
+    )  # fmt: skip
     parser.add_argument("--serve-plain-proxy", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--serve-raw-proxy", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.workers_section and (args.baseline or args.isolate):
+        parser.error("--workers-section takes neither --baseline nor --isolate")
     if args.serve_plain_proxy:
         serve_plain_proxy(int(args.serve_plain_proxy[0]), args.serve_plain_proxy[1:])
         return 0
@@ -696,7 +828,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     # SIGTERM/SIGHUP unwind like Ctrl-C, so the ExitStack below stops every server it started.
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.default_int_handler)
-    ensure_tools()
+    ensure_tools(redis=args.workers_section)
+    if args.workers_section:
+        return workers_section(args)
     concurrency = {
         "static": [int(c) for c in args.static_concurrency.split(",")],
         "paddle": [int(c) for c in args.paddle_concurrency.split(",")],
