@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from router.app import create_app
+from router.registry.loading import parse_config
 from tests.router.harness import build_app, logs_dir, metric, outcomes, registry
 
 pytestmark = pytest.mark.asyncio
@@ -98,6 +100,27 @@ async def test_events_with_hashed_units(aiohttp_client: Any, tmp_path: Path) -> 
     assert app is not None
     [record] = outcomes(app)
     assert record["unit"] == hashlib.sha256(b"alice").hexdigest()[:32]
+
+
+async def test_a_replica_logs_events_in_its_own_files_and_names_itself(
+    aiohttp_client: Any, tmp_path: Path
+) -> None:
+    raw = registry(tmp_path / "logs", ["http://127.0.0.1:9"], ["http://127.0.0.1:9"])
+    app = create_app(parse_config(raw), flush_interval=0.02, replica="10.0.0.7:8080-w1")
+    client: TestClient = await aiohttp_client(app)
+    event = {"unit_id": "alice", "metric": "conversion", "event_id": "order-1"}
+    response = await client.post("/events", json=event)
+    assert response.status == 202
+    # The client cannot name a replica: that field is the router's.
+    response = await client.post("/events", json={**event, "replica": "elsewhere"})
+    assert (response.status, (await response.json())["code"]) == (400, "bad_event")
+    [record] = outcomes(app)  # outcomes-*.jsonl: every replica's files
+    assert record["replica"] == "10.0.0.7:8080-w1" and record["event_id"] == "order-1"
+    today = datetime.now(timezone.utc).date()
+    names = [p.name for p in logs_dir(app).glob("outcomes-*")]
+    assert names in (
+        [f"outcomes-{day}.10.0.0.7_8080-w1.jsonl"] for day in (today, today - timedelta(days=1))
+    )
 
 
 async def test_events_only_accept_post(aiohttp_client: Any, tmp_path: Path) -> None:

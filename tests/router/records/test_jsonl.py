@@ -11,7 +11,14 @@ from typing import Any, Optional
 import pytest
 
 from router.records import jsonl
-from router.records.jsonl import JsonlWriter, daily_files, single_file
+from router.records.jsonl import (
+    EventLogs,
+    JsonlWriter,
+    daily_files,
+    log_suffix,
+    replica_in_file_names,
+    single_file,
+)
 
 
 def read_lines(path: Path) -> list[dict[str, object]]:
@@ -239,3 +246,66 @@ def test_written_and_dropped_are_counted_per_record(tmp_path: Path) -> None:
     full.write({"i": 1})
     full.close()
     assert (full.written, full.dropped) == (0, 1)
+
+
+# --- a replica of a fleet (router.fleet) ------------------------------------------------------
+
+
+def test_a_replica_names_its_files_and_ends_every_record_with_its_id(tmp_path: Path) -> None:
+    logs = EventLogs.open(tmp_path, on_drop=lambda log, count: None, replica="node-1:8080-w2")
+    logs.start()
+    logs.exposures.write({"ts": "2026-11-28T10:00:00.000Z", "request_id": "r1", "unit": "u"})
+    logs.outcomes.write({"ts": "2026-11-27T23:00:00.000Z", "unit": "u", "metric": "m"})
+    logs.decisions.write({"ts": "2026-11-28T10:00:01.000Z", "action": "none"})
+    logs.close()
+    # `:` is `_` in file names only; the record keeps the id as it is.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "decisions.node-1_8080-w2.jsonl",
+        "exposures-2026-11-28.node-1_8080-w2.jsonl",
+        "outcomes-2026-11-27.node-1_8080-w2.jsonl",
+    ]
+    exposures = (tmp_path / "exposures-2026-11-28.node-1_8080-w2.jsonl").read_bytes()
+    assert exposures == (
+        b'{"ts":"2026-11-28T10:00:00.000Z","request_id":"r1","unit":"u","replica":"node-1:8080-w2"}\n'
+    )
+    [decision] = read_lines(tmp_path / "decisions.node-1_8080-w2.jsonl")
+    assert decision == {
+        "ts": "2026-11-28T10:00:01.000Z",
+        "action": "none",
+        "replica": "node-1:8080-w2",
+    }
+
+
+def test_without_a_replica_names_and_lines_are_as_ever(tmp_path: Path) -> None:
+    logs = EventLogs.open(tmp_path, on_drop=lambda log, count: None)
+    logs.start()
+    logs.exposures.write({"ts": "2026-11-28T10:00:00.000Z", "unit": "u"})
+    logs.decisions.write({"ts": "2026-11-28T10:00:01.000Z"})
+    logs.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "decisions.jsonl", "exposures-2026-11-28.jsonl",
+    ]  # fmt: skip
+    exposures = (tmp_path / "exposures-2026-11-28.jsonl").read_bytes()
+    assert exposures == b'{"ts":"2026-11-28T10:00:00.000Z","unit":"u"}\n'
+
+
+def test_the_replica_field_is_one_key_in_any_record(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    writer = JsonlWriter(single_file(path), flush_interval=3600, replica="r1")
+    writer.write({})
+    writer.write({"replica": "relayed", "n": 1})  # a record that names its own: kept
+    writer.write({"text": "naïve } ✓"})
+    writer.close()
+    assert path.read_text(encoding="utf-8").splitlines() == [
+        '{"replica":"r1"}',
+        '{"replica":"relayed","n":1}',
+        '{"text":"naïve } ✓","replica":"r1"}',
+    ]
+    assert writer.written == 3
+
+
+def test_replica_ids_in_file_names() -> None:
+    assert log_suffix(None) == ".jsonl"
+    assert log_suffix("router-a") == ".router-a.jsonl"
+    assert log_suffix("10.0.0.7:8080-w1") == ".10.0.0.7_8080-w1.jsonl"
+    assert replica_in_file_names("[::1]:8080/x") == "___1__8080_x"
