@@ -73,6 +73,8 @@ class OutcomeEvent(BaseModel):
             raise ValueError("out of range") from None
 
     def record(self, hash_units: bool, received: datetime) -> dict[str, Any]:
+        """The outcome record; a replica of a fleet writes its `replica` after these fields
+        (router.records.jsonl), a field no client can send (unknown keys are refused)."""
         ts = self.ts or received
         record = {
             "ts": utc_iso_of(ts),
