@@ -143,6 +143,15 @@ class BackendRuntime:
                 return endpoint
         return None
 
+    def pick_other(self, failed: EndpointState) -> Optional[EndpointState]:
+        """The next endpoint in rotation but `failed`, for a retry (other requests move the
+        cursor meanwhile: `pick` could give `failed` again)."""
+        for _ in range(len(self.endpoints)):
+            endpoint = self.pick()
+            if endpoint is None or endpoint is not failed:
+                return endpoint
+        return None
+
     def healthy(self) -> bool:
         return any(endpoint.up for endpoint in self.endpoints)
 
@@ -276,8 +285,8 @@ class Upstreams:
                 raise resume.failure
             return await self._call_endpoint(backend, endpoint, path, body, content_type)
         except BackendFailure as failure:
-            other = backend.pick() if failure.retryable else None
-            if other is None or other is endpoint:
+            other = backend.pick_other(endpoint) if failure.retryable else None
+            if other is None:
                 raise
             first = failure
         try:
