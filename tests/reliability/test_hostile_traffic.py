@@ -123,7 +123,7 @@ async def test_a_64_mb_head_is_refused_within_a_second_and_others_are_not_slowed
     answer = await hostile.answer()
     refused_s = time.perf_counter() - started
     sender.cancel()
-    hostile.close()
+    await hostile.aclose()
     await asyncio.sleep(0.5)
     stop.set()
     latencies = await normal
@@ -156,7 +156,7 @@ async def test_big_bodies_on_ten_connections_cost_little_memory(
             for _ in range(15):
                 await client.send(chunk)
         answer = await client.answer()
-        client.close()
+        await client.aclose()
         return answer.status, answer.code
 
     answers = await asyncio.gather(*(send_big() for _ in range(10)))
@@ -210,6 +210,7 @@ async def test_a_client_that_never_reads_holds_little(
     forwarded = backend.calls
     grew_mib = await peak.stop()
     client.writer.transport.abort()
+    await client.aclose()
     table.add(
         Row("hostile input", "a client that never reads",
             "200 pipelined requests for 1 MB answers on one connection, no answer read", 200,
@@ -239,6 +240,7 @@ async def test_a_head_sent_a_byte_at_a_time_times_out(
         closed = await client.closed(timeout=30)
     finally:
         dripping.cancel()
+        await client.aclose()
     took_s = time.perf_counter() - started
     table.add(
         Row("hostile input", "a head sent a byte at a time",

@@ -4,6 +4,7 @@ request cut anywhere, pipelined, never finished; an answer read (or not) byte by
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -67,3 +68,9 @@ class Connection:
 
     def close(self) -> None:
         self.writer.close()
+
+    async def aclose(self) -> None:
+        """Close and wait until the socket is gone (none left for the garbage collector)."""
+        self.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self.writer.wait_closed()
