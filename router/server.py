@@ -275,6 +275,8 @@ class _Supervisor:
         self._workers = [_Worker(index) for index in range(count)]
         self._stopping = False
         self._gave_up: list[str] = []
+        # The lines of the first worker that failed its first start: that stops them all.
+        self._start_failed: Optional[list[str]] = None
         self._stop: Optional[asyncio.Event] = None  # created in run(), inside the loop
 
     async def run(self) -> int:
@@ -287,14 +289,12 @@ class _Supervisor:
             loop.add_signal_handler(signum, self._request_stop)
         loop.add_signal_handler(signal.SIGHUP, self._forward_sighup)
         try:
-            starts = await asyncio.gather(*(self._start(w) for w in self._workers))
+            starts = await asyncio.gather(*(self._first_start(w) for w in self._workers))
         finally:
-            reservation.close()  # every worker listens on the port now, or has failed
-        failed = [start for start in starts if start.url is None]
-        if failed and not self._stopping:
-            self._request_stop()
+            reservation.close()  # every worker listens on the port now, or has ended
+        if self._start_failed is not None:
             await self._wait_all()
-            for line in failed[0].problem:
+            for line in self._start_failed:
                 print(line, file=sys.stderr, flush=True)
             return 1
         keepers = []
@@ -369,6 +369,14 @@ class _Supervisor:
             if worker.relay is not None:
                 await worker.relay
         return code
+
+    async def _first_start(self, worker: _Worker) -> _Start:
+        """The first start of `worker`: if it fails, the others are stopped at once."""
+        start = await self._start(worker)
+        if start.url is None and not self._stopping:
+            self._start_failed = start.problem
+            self._request_stop()
+        return start
 
     async def _start(self, worker: _Worker) -> _Start:
         """Start `worker` and wait until it listens, or ends."""

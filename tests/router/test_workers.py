@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
@@ -117,30 +118,57 @@ def listening_workers(router: RouterProcess) -> set[int]:
     return workers
 
 
-def answered_by(router: RouterProcess, connections: int) -> list[int]:
-    """`connections` requests, each on a new connection; for each the worker whose socket
-    answered it (the server's end of the connection, found while it is open)."""
+def ask_each(
+    router: RouterProcess,
+    connections: int,
+    method: str = "POST",
+    path: str = "/sentiment/prediction",
+) -> list[tuple[int, int, bytes]]:
+    """`connections` requests, each on a new connection: for each the worker that accepted it
+    (found from the server's end of the connection once the request line is sent, before the
+    rest: an answer with `Connection: close` would close it), the status and the body."""
     parts = urlsplit(router.url)
     assert parts.hostname is not None and parts.port is not None
-    owners = []
+    answers = []
     for index in range(connections):
-        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
-        try:
-            connection.request(
-                "POST", "/sentiment/prediction", body=json.dumps(DEMO_BODY),
-                headers={"Content-Type": "application/json", "X-User-Id": f"user-{index}"},
-            )  # fmt: skip
-            response = connection.getresponse()
-            response.read()
-            assert response.status == 200
-            assert connection.sock is not None
-            client_port = connection.sock.getsockname()[1]
-            [inode] = tcp_sockets(parts.port, "01", remote_port=client_port)
-            [owner] = holders({inode}, children(router.pid)).values()
-            owners.append(owner)
-        finally:
-            connection.close()
-    return owners
+        body = json.dumps(DEMO_BODY).encode() if method == "POST" else b""
+        head = (
+            f"Host: {parts.netloc}\r\nContent-Type: application/json\r\n"
+            f"X-User-Id: user-{index}\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+            sock.sendall(f"{method} {path} HTTP/1.1\r\n".encode())
+            owner = accepted_by(router, sock.getsockname()[1])
+            sock.sendall(head.encode() + body)
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            answers.append((owner, response.status, response.read()))
+            response.close()
+    return answers
+
+
+def accepted_by(router: RouterProcess, client_port: int, timeout: float = 10.0) -> int:
+    """The worker holding the server's end of the connection from `client_port` (a socket in
+    the accept queue has no holder yet: wait until one accepts it)."""
+    port = urlsplit(router.url).port
+    assert port is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        inodes = tcp_sockets(port, "01", remote_port=client_port)
+        held = set(holders(inodes, children(router.pid)).values())
+        if held:
+            [owner] = held
+            return owner
+        time.sleep(0.01)
+    raise AssertionError(f"no worker accepted the connection from port {client_port}")
+
+
+def answered_by(router: RouterProcess, connections: int) -> list[int]:
+    """`connections` requests to the experiment, each on a new connection, all answered 200:
+    the worker that answered each."""
+    answers = ask_each(router, connections)
+    assert [status for _, status, _ in answers] == [200] * connections
+    return [owner for owner, _, _ in answers]
 
 
 def listeners_besides(router: RouterProcess, worker: int) -> bool:
@@ -274,6 +302,39 @@ async def test_sigterm_drains_every_worker_and_leaves_nothing(
         router.stop()
     assert not any(alive(pid) for pid in workers)
     assert router.output().count("stop signal received") == 2  # each worker drained
+
+
+@pytest.mark.asyncio
+async def test_sighup_to_the_supervisor_reloads_every_worker(
+    tmp_path: Path, redis_server: RedisServer, fakes: Fakes, cleanup: set[int]
+) -> None:
+    config = fleet_registry(tmp_path, fakes, redis_server)
+    router = start_router(config, tmp_path / "router.log", "--workers", "2", "--no-watch")
+    try:
+        workers = listening_workers(router)
+        cleanup.update(workers)
+        raw = yaml.safe_load(config.read_text())
+        raw["experiments"]["sentiment"]["traffic"] = 20
+        config.write_text(yaml.safe_dump(raw))
+        router.signal(signal.SIGHUP)
+
+        def traffic_by_worker() -> dict[int, set[float]]:
+            found: dict[int, set[float]] = {}
+            for owner, status, body in ask_each(router, 16, "GET", "/experiments"):
+                assert status == 200
+                experiment = json.loads(body)["experiments"]["sentiment"]
+                found.setdefault(owner, set()).add(experiment["configured_traffic"])
+            return found
+
+        async def reloaded() -> bool:
+            found: dict[int, set[float]] = await in_thread(traffic_by_worker)
+            return found == {pid: {20.0} for pid in workers}
+
+        await eventually(reloaded)
+        assert router.process.poll() is None  # the supervisor handles SIGHUP: it is not ended
+        assert await in_thread(router.stop) == 0
+    finally:
+        router.stop()
 
 
 def run_router(*args: str) -> tuple[subprocess.CompletedProcess[str], int]:
