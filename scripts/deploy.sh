@@ -26,8 +26,14 @@ options:
   --run-dir DIR        pid files and logs (default: run/ beside the registry file)
   --grace DURATION     up: on stop, how long requests in flight may take, e.g. 10s (default 10s)
   --systemd DIR        also write systemd units for the backends into DIR (e.g.
-                       /etc/systemd/system), from deploy/systemd/paddle-serving.service.in
+                       /etc/systemd/system), from deploy/systemd/paddle-serving.service.in;
+                       they run as the user paddle-ab, sandboxed (create it first:
+                       useradd --system paddle-ab). The router's unit is
+                       deploy/systemd/paddle-ab-router.service, its registry for /etc/paddle-ab
+                       deploy/systemd/experiments.yaml (absolute log, state and model paths)
   -h, --help           this text
+
+Kubernetes, images, systemd and GPU nodes: docs/deploy.md.
 EOF
 }
 

@@ -5,6 +5,7 @@ registry, not in the caller's working directory."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -72,3 +73,11 @@ def test_deploy_rejects_bad_arguments(tmp_path: Path) -> None:
     missing = _deploy("status", "--config", str(tmp_path / "nope.yaml"))
     assert missing.returncode == 2 and "registry not found" in missing.stderr
     assert "usage: scripts/deploy.sh" in _deploy("--help").stdout
+
+
+def test_help_names_files_that_exist() -> None:
+    shown = _deploy("--help").stdout
+    named = re.findall(r"(?:deploy|docs)/[\w./@-]+[\w]", shown)
+    assert "deploy/systemd/paddle-serving.service.in" in named
+    for path in named:
+        assert (REPO_ROOT / path).exists(), f"deploy.sh --help names {path}, which is missing"
