@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import string
 import subprocess
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 import yaml
 
 from router.registry.loading import load_config
+from serving.fleet import LocalServer, write_systemd_units
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SYSTEMD = REPO_ROOT / "deploy" / "systemd"
@@ -30,21 +30,14 @@ HARDENING = [
 
 
 def _serving_unit(tmp_path: Path) -> Path:
-    template = string.Template((SYSTEMD / "paddle-serving.service.in").read_text())
-    unit = tmp_path / "paddle-serving-sentiment-v1-18080.service"
-    unit.write_text(
-        template.substitute(
-            key="sentiment-v1-18080",
-            repo="/opt/paddle-ab",
-            python="/opt/paddle-ab/.venv/bin/python",
-            model="/opt/paddle-ab/models/sentiment_v1",
-            port=18080,
-            device="cpu",
-            workdir="/var/lib/paddle-ab-serving/serving/sentiment-v1-18080",
-            grace="10s",
-            stop_timeout="20s",
-        )
+    """The unit `deploy.sh up --systemd` writes, rendered by the same code."""
+    server = LocalServer(
+        backend="sentiment-v1",
+        model=Path("/opt/paddle-ab/models/sentiment_v1"),
+        device="cpu",
+        port=18080,
     )
+    (unit,) = write_systemd_units([server], tmp_path, Path("/var/lib/paddle-ab-serving"), 10.0)
     return unit
 
 
