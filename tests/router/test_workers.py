@@ -366,6 +366,20 @@ def workers_of(supervisor: int) -> set[int]:
     return found
 
 
+def test_the_workers_option_is_checked_and_the_internal_ones_are_hidden(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from router.__main__ import build_parser
+
+    usage = build_parser().format_help()
+    assert "--workers N" in usage
+    assert "--worker-index" not in usage and "--supervisor-pid" not in usage
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["--workers", "0"])
+    assert exited.value.code == 2
+    assert "argument --workers: must be at least 1, not 0" in capsys.readouterr().err
+
+
 def test_workers_need_a_fleet(tmp_path: Path) -> None:
     config = tmp_path / "experiments.yaml"
     config.write_text(
