@@ -12,7 +12,10 @@ The rules of the analysis live in the SQL below:
   in its assigned arm (intention to treat);
 - an outcome counts only at or after its unit's first exposure, and only if it names no
   experiment or this one;
-- a line that is not a record (truncated, garbled) is skipped and counted.
+- a line that is not a record (truncated, garbled) is skipped and counted;
+- the logs of several router replicas (router.fleet) are one experiment: a unit is one unit on
+  every replica, an outcome joins its unit whoever logged it, and an exposure is one request on
+  one replica (a copy of a record, the same request_id, replica, unit and ts, counts once).
 """
 
 from __future__ import annotations
@@ -157,8 +160,7 @@ class _Run:
                    arg_min(assigned, ts) AS arm,
                    min(ts) AS first_ts,
                    max(ts) AS last_ts,
-                   min(assigned) AS low_arm,
-                   max(assigned) AS high_arm,
+                   min(assigned) <> max(assigned) AS switched,
                    coalesce(bool_or(fallback), false) AS fell_back
                    {attr_sql},
                    count(*) AS records,
@@ -184,14 +186,14 @@ class _Run:
             merged = "".join(f", arg_min({c}, first_ts) AS {c}" for c in self.attr_columns)
             rows = f"""
                 SELECT unit, arg_min(arm, first_ts) AS arm, min(first_ts) AS first_ts,
-                       max(last_ts) AS last_ts, min(low_arm) <> max(high_arm) AS switched,
+                       max(last_ts) AS last_ts,
+                       bool_or(switched) OR min(arm) <> max(arm) AS switched,
                        bool_or(fell_back) AS fell_back {merged}
                 FROM unit_rows WHERE unit IS NOT NULL GROUP BY unit
             """
         else:
             rows = f"""
-                SELECT unit, arm, first_ts, last_ts, low_arm <> high_arm AS switched,
-                       fell_back {attr_columns}
+                SELECT unit, arm, first_ts, last_ts, switched, fell_back {attr_columns}
                 FROM unit_rows WHERE unit IS NOT NULL
             """
         self.con.execute(
