@@ -212,7 +212,7 @@ async def test_two_workers_listen_on_one_port_and_both_answer(
     tmp_path: Path, redis_server: RedisServer, fakes: Fakes, cleanup: set[int]
 ) -> None:
     config = fleet_registry(tmp_path, fakes, redis_server)
-    router = start_router(config, tmp_path / "router.log", "--workers", "2")
+    router = start_router(config, tmp_path / "router.log", "--workers", "2", timeout=60)
     try:
         # The serving line comes once every worker listens.
         workers = listening_workers(router)
@@ -235,7 +235,7 @@ async def test_a_killed_worker_is_started_again_and_the_service_answers_meanwhil
     tmp_path: Path, redis_server: RedisServer, fakes: Fakes, cleanup: set[int]
 ) -> None:
     config = fleet_registry(tmp_path, fakes, redis_server)
-    router = start_router(config, tmp_path / "router.log", "--workers", "2")
+    router = start_router(config, tmp_path / "router.log", "--workers", "2", timeout=60)
     try:
         workers = listening_workers(router)
         cleanup.update(workers)
@@ -276,7 +276,7 @@ async def test_sigterm_drains_every_worker_and_leaves_nothing(
     raw = yaml.safe_load(config.read_text())
     raw["backends"]["v1"]["timeout_ms"] = raw["backends"]["v2"]["timeout_ms"] = 5000
     config.write_text(yaml.safe_dump(raw))
-    router = start_router(config, tmp_path / "router.log", "--workers", "2")
+    router = start_router(config, tmp_path / "router.log", "--workers", "2", timeout=60)
     try:
         workers = listening_workers(router)
         cleanup.update(workers)
@@ -309,7 +309,9 @@ async def test_sighup_to_the_supervisor_reloads_every_worker(
     tmp_path: Path, redis_server: RedisServer, fakes: Fakes, cleanup: set[int]
 ) -> None:
     config = fleet_registry(tmp_path, fakes, redis_server)
-    router = start_router(config, tmp_path / "router.log", "--workers", "2", "--no-watch")
+    router = start_router(
+        config, tmp_path / "router.log", "--workers", "2", "--no-watch", timeout=60
+    )
     try:
         workers = listening_workers(router)
         cleanup.update(workers)
@@ -452,7 +454,7 @@ async def test_the_supervisor_gives_up_when_no_worker_can_start_again(
     from router.server import GIVE_UP_AFTER
 
     config = fleet_registry(tmp_path, fakes, redis_server)
-    router = start_router(config, tmp_path / "router.log", "--workers", "2")
+    router = start_router(config, tmp_path / "router.log", "--workers", "2", timeout=60)
     try:
         workers = listening_workers(router)
         cleanup.update(workers)
