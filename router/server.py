@@ -122,11 +122,9 @@ async def serve(
         await runner.setup()
         try:
             site = fast_path_site(
-                runner, host, port, backlog=1024, shutdown_timeout=SHUTDOWN_TIMEOUT_S
-            )
-            if worker is not None or reservation is not None:
-                # FastPathSite takes no reuse_port argument; web.TCPSite.start reads this.
-                site._reuse_port = True
+                runner, host, port, backlog=1024, shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+                reuse_port=True if worker is not None or reservation is not None else None,
+            )  # fmt: skip
             try:
                 await site.start()
             except OSError as exc:  # taken since check_listen: rare, but still one line

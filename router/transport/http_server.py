@@ -709,8 +709,9 @@ class FastPathSite(web.TCPSite):
         limits: ClientLimits,
         backlog: int = 1024,
         shutdown_timeout: float = 10.0,
+        reuse_port: Optional[bool] = None,
     ) -> None:
-        super().__init__(runner, host, port, backlog=backlog)
+        super().__init__(runner, host, port, backlog=backlog, reuse_port=reuse_port)
         assert runner.server is not None  # runner.setup() ran (TCPSite checks it too)
         self._fast = FastPath(routes, start, refuse, runner.server, limits)
         self._shutdown_timeout = shutdown_timeout
