@@ -33,6 +33,7 @@ from router.api.status import StatusViews, get_only
 from router.auth import AdminAuth
 from router.fleet.runtime import FleetRuntime
 from router.guard.runtime import GuardRuntime, GuardSetup
+from router.proxy.grpc_path import RpcProxy, RpcUpstreams
 from router.proxy.handler import ProxyHandler
 from router.proxy.live_registry import LiveRegistry
 from router.proxy.reload import ConfigReloader
@@ -49,6 +50,7 @@ from router.records.jsonl import EventLogs
 from router.records.metrics import RouterMetrics
 from router.registry.schema import RouterConfig, RouterSettings
 from router.transport.http_server import ClientLimits, FastPathSite, handed_over_requests
+from router.transport.pipeline_rpc import PipelineRpcServer, RpcChannels
 
 CleanupContext = Callable[[web.Application], AsyncIterator[None]]
 
@@ -68,6 +70,8 @@ ADMIN_AUTH = web.AppKey("admin_auth", AdminAuth)
 # The request path, for servers that parse requests themselves (router.transport.http_server).
 PROXY = web.AppKey("proxy", ProxyHandler)
 REPLICA = web.AppKey[Optional[str]]("replica")
+# The gRPC request path, None unless `router.grpc_port` is set.
+RPC_PROXY = web.AppKey[Optional[RpcProxy]]("rpc_proxy")
 
 
 def create_app(
@@ -161,6 +165,12 @@ def create_app(
         app.cleanup_ctx.append(_guard(runtime))
     app.cleanup_ctx.append(_hooks(app, handler, reloader))
     app.cleanup_ctx.append(_backends(upstreams, handler))
+    app[RPC_PROXY] = None
+    if config.router.grpc_port is not None:
+        channels = RpcChannels()
+        rpc_proxy = RpcProxy(live, RpcUpstreams(metrics, channels), metrics, logs, auth)
+        app[RPC_PROXY] = rpc_proxy
+        app.cleanup_ctx.append(_grpc(app, rpc_proxy, channels))
     if reloader is not None:
         app.cleanup_ctx.append(_config_reload(reloader, watch))
     return app
@@ -247,6 +257,32 @@ def _backends(upstreams: Upstreams, handler: ProxyHandler) -> CleanupContext:
         await handler.close()
         upstreams.attach(None)
         await pool.close()
+
+    return context
+
+
+def _grpc(app: web.Application, proxy: RpcProxy, channels: RpcChannels) -> CleanupContext:
+    """Paddle Serving's gRPC service on `router.grpc_port` (router.proxy.grpc_path): started
+    with the app, stopped with it (calls in flight get 10 s, as HTTP requests do)."""
+
+    async def context(_: web.Application) -> AsyncIterator[None]:
+        settings = app[LIVE].config().router
+        assert settings.grpc_port is not None
+        proxy.bind(app[OBSERVER], app[TRAFFIC], app[SHADOW_LISTENER])
+        server = PipelineRpcServer(
+            proxy.inference, settings.host, settings.grpc_port,
+            max_message_bytes=settings.max_body_bytes,
+            max_concurrent_streams=settings.max_grpc_streams,
+        )  # fmt: skip
+        await server.start()
+        prober = asyncio.ensure_future(proxy.upstreams.probe_forever())
+        yield
+        await server.stop(10.0)
+        prober.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await prober
+        await proxy.close()
+        await channels.close()
 
     return context
 

@@ -126,7 +126,7 @@ class DrainableServer:
 
     def start(self) -> None:
         """Start the gRPC server (which builds the DAG and its predictors), then the gateway."""
-        import grpc  # type: ignore[import-untyped]
+        import grpc
         from paddle_serving_server.pipeline.pipeline_server import PipelineServicer
         from paddle_serving_server.pipeline.proto import pipeline_service_pb2_grpc
 

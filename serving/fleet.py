@@ -53,6 +53,9 @@ class LocalServer:
     model: Path
     device: str
     port: int
+    # The backend's `grpc_endpoints` entry for this server (same order as `endpoints`); None:
+    # a free port, picked at each start.
+    rpc_port: Optional[int] = None
 
     @property
     def key(self) -> str:
@@ -83,10 +86,12 @@ def local_servers(
             model = config_path.resolve().parent / model
         chosen_device = device or backend.device
         parse_device(chosen_device)
-        for endpoint in backend.endpoints:
+        rpc_ports = [int(t.rpartition(":")[2]) for t in backend.grpc_endpoints or ()]
+        for index, endpoint in enumerate(backend.endpoints):
             parts = urlsplit(endpoint)
             if parts.hostname in LOCAL_HOSTS and parts.port:
-                servers.append(LocalServer(name, model, chosen_device, parts.port))
+                rpc_port = rpc_ports[index] if rpc_ports else None
+                servers.append(LocalServer(name, model, chosen_device, parts.port, rpc_port))
     return servers
 
 
@@ -132,6 +137,11 @@ def _check_startable(server: LocalServer, config_path: Path) -> None:
             f"{server.key}: port {server.port} is already in use: stop what listens there, or "
             f"give backend {server.backend} another endpoint in {config_path}"
         )
+    if server.rpc_port is not None and port_in_use(server.rpc_port):
+        raise ServerError(
+            f"{server.key}: RPC port {server.rpc_port} is already in use: stop what listens "
+            f"there, or give backend {server.backend} other grpc_endpoints in {config_path}"
+        )
     try:
         read_bundle(server.model)
     except BundleError as exc:
@@ -144,6 +154,7 @@ def _start(server: LocalServer, run_dir: Path, grace_s: float) -> ServerProcess:
         server.port,
         run_dir / "serving" / server.key,
         device=server.device,
+        rpc_port=server.rpc_port,
         grace_s=grace_s,
     )
     record = {
@@ -273,6 +284,7 @@ def write_systemd_units(
                 python=sys.executable,
                 model=server.model,
                 port=server.port,
+                rpc_port=server.rpc_port or "",
                 device=server.device,
                 workdir=run_dir / "serving" / server.key,
                 grace=f"{grace_s:g}s",

@@ -108,6 +108,11 @@ class ServerProcess:
     workdir: Path
     process: subprocess.Popen[bytes]
     grace_s: float = DEFAULT_GRACE_S
+    rpc_port: int = 0  # the gRPC port (PipelineService), for gRPC clients
+
+    @property
+    def rpc_address(self) -> str:
+        return f"127.0.0.1:{self.rpc_port}"
 
     @property
     def pid(self) -> int:
@@ -177,11 +182,12 @@ def start_server(
     """Start `python -m serving serve` in a new session; returns at once (see `wait_ready`)."""
     meta = read_bundle(bundle_dir)
     workdir.mkdir(parents=True, exist_ok=True)
+    rpc_port = rpc_port or free_port()
     command = [
         sys.executable, "-m", "serving", "serve",
         "--model", str(bundle_dir.resolve()),
         "--http-port", str(http_port),
-        "--rpc-port", str(rpc_port or free_port()),
+        "--rpc-port", str(rpc_port),
         "--device", device,
         "--concurrency", str(concurrency),
         "--batch-size", str(batch_size),
@@ -198,7 +204,7 @@ def start_server(
             start_new_session=True,  # its own process group: stop() takes every child with it
             env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})},
         )
-    return ServerProcess(bundle_dir, meta, http_port, workdir, process, grace_s)
+    return ServerProcess(bundle_dir, meta, http_port, workdir, process, grace_s, rpc_port)
 
 
 def stop_server(pid: int, grace_s: float = DEFAULT_GRACE_S) -> bool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -88,6 +89,79 @@ def pipeline_config(options: ServeOptions, meta: BundleMeta) -> dict[str, Any]:
     }
 
 
+# PipelineClient's default packing of an ndarray (or a list) is its `repr`:
+# `array([[1, 2]], dtype=int64)`, over several lines when long, with `nan` and `inf`.
+_NUMPY_REPR = re.compile(r"\s*array\((.*?)(?:,\s*dtype=([A-Za-z0-9_]+))?\)\s*", re.DOTALL)
+_REPR_TOKEN = re.compile(
+    r"\s*(?:(\[)|(\])|(,)|([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf)"
+    r"|True|False))"
+)
+MAX_REPR_DEPTH = 32
+
+
+def parse_numpy_repr(text: str) -> np.ndarray:
+    """The array `repr(ndarray)` wrote, without `eval`; raises ValueError."""
+    match = _NUMPY_REPR.fullmatch(text)
+    if match is None:
+        raise ValueError("not a JSON array nor the repr of a numpy array")
+    body, dtype = match.group(1), match.group(2)
+    stack: list[list[Any]] = [[]]
+    position = 0
+    while position < len(body):
+        token = _REPR_TOKEN.match(body, position)
+        if token is None:
+            if body[position:].strip() == "":
+                break
+            raise ValueError(f"unexpected {body[position : position + 20]!r} in a numpy repr")
+        position = token.end()
+        opening, closing, comma, number = token.groups()
+        if opening:
+            if len(stack) > MAX_REPR_DEPTH:
+                raise ValueError("numpy repr nested too deep")
+            stack.append([])
+        elif closing:
+            if len(stack) < 2:
+                raise ValueError("unbalanced ']' in a numpy repr")
+            done = stack.pop()
+            stack[-1].append(done)
+        elif comma:
+            continue
+        else:
+            stack[-1].append(_repr_number(number or token.group(0).strip()))
+    if len(stack) != 1 or len(stack[0]) != 1:
+        raise ValueError("not one value in a numpy repr")
+    try:
+        return np.asarray(stack[0][0], dtype=np.dtype(dtype) if dtype else None)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"numpy repr: {exc}") from None
+
+
+def _repr_number(text: str) -> Any:
+    if text in ("True", "False"):
+        return text == "True"
+    if any(c in text for c in ".eEna"):  # nan, inf and floats
+        return float(text)
+    return int(text)
+
+
+def feed_value(raw: Any) -> Any:
+    """A feed's value as the op gets it: JSON text, the repr of a numpy array (PipelineClient's
+    default), or an array already (PipelineClient's `pack_tensor_format=True`: Paddle Serving
+    unpacks the request's tensors into numpy arrays before `preprocess`). Raises ValueError."""
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "replace")
+    if not isinstance(raw, str):
+        return raw
+    try:
+        return json.loads(raw)
+    except RecursionError as exc:  # nested too deep
+        raise ValueError(f"not a JSON array ({exc})") from exc
+    except ValueError as exc:
+        if raw.lstrip().startswith("array("):
+            return parse_numpy_repr(raw)
+        raise ValueError(f"not a JSON array nor the repr of a numpy array ({exc})") from exc
+
+
 def decode_feeds(meta: BundleMeta, request: dict[str, Any]) -> dict[str, np.ndarray]:
     """Pipeline request fields -> checked, typed arrays, one per feed. Raises ValueError.
 
@@ -102,11 +176,10 @@ def decode_feeds(meta: BundleMeta, request: dict[str, Any]) -> dict[str, np.ndar
     for spec in meta.feeds:
         if spec.name not in request:
             raise ValueError(f"missing feed '{spec.name}' ({spec.dtype}, shape {list(spec.shape)})")
-        raw = request[spec.name]
         try:
-            value = json.loads(raw) if isinstance(raw, (str, bytes)) else raw
-        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
-            raise ValueError(f"feed '{spec.name}': not a JSON array ({exc})") from exc
+            value = feed_value(request[spec.name])
+        except ValueError as exc:
+            raise ValueError(f"feed '{spec.name}': {exc}") from exc
         try:
             array = np.asarray(value)
         except ValueError:  # ragged nesting

@@ -29,8 +29,9 @@ EXPOSURE_FIELDS = frozenset(
 )  # fmt: skip
 # Fields only some records carry (`override: true` on X-Variant-Override requests; `truncated`:
 # the attributes whose value was cut to the limit; `replica`: the router process in a fleet,
-# written by the log writer).
-OPTIONAL_EXPOSURE_FIELDS = frozenset({"override", "truncated", "replica"})
+# written by the log writer; `protocol: "grpc"` on calls of Paddle Serving's gRPC service, absent
+# on HTTP requests).
+OPTIONAL_EXPOSURE_FIELDS = frozenset({"override", "truncated", "replica", "protocol"})
 # The default of `router.max_attribute_chars` (records sit below the registry: a test checks
 # that the two agree).
 MAX_ATTRIBUTE_CHARS = 256

@@ -195,6 +195,7 @@ RESTART_ONLY = (
     "max_body_bytes", "max_connections", "max_connections_per_endpoint",
     "max_line_bytes", "max_head_bytes", "max_header_count", "head_timeout_s", "body_timeout_s",
     "max_client_connections", "max_unread_answer_bytes", "lingering_timeout_s", "fleet",
+    "grpc_port", "max_grpc_streams",
 )  # fmt: skip
 
 

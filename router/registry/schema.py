@@ -67,6 +67,13 @@ def _check_endpoint(value: str) -> str:
     return f"{match.group(1)}://{match.group(2)}:{int(match.group(3))}"
 
 
+def _check_rpc_endpoint(value: str) -> str:
+    match = re.match(r"^([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:]+\]):(\d{1,5})$", value)
+    if not match or not 0 < int(match.group(2)) < 65536:
+        raise ValueError("must look like HOST:PORT (a pipeline server's RPC port)")
+    return f"{match.group(1)}:{int(match.group(2))}"
+
+
 def _check_device(value: str) -> str:
     if value != "cpu" and not re.match(r"^gpu:\d+$", value):
         raise ValueError("must be 'cpu' or 'gpu:N'")
@@ -77,6 +84,7 @@ Percent = Annotated[float, BeforeValidator(_reject_bool), AfterValidator(_check_
 Name = Annotated[str, AfterValidator(check_name)]
 UrlPath = Annotated[str, AfterValidator(_check_path)]
 Endpoint = Annotated[str, AfterValidator(_check_endpoint)]
+RpcEndpoint = Annotated[str, AfterValidator(_check_rpc_endpoint)]
 # A duration such as `30s`, `10m`, `1h`, `250ms` or a number of seconds; stored as float seconds.
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 PositiveInt = Annotated[int, BeforeValidator(_reject_bool), Field(gt=0)]
@@ -157,6 +165,10 @@ class RouterSettings(Frozen):
     events_max_ahead_s: Duration = Field(300.0, alias="events_max_ahead")
     # Absent: this router alone, its rollout state in state_dir.
     fleet: Optional[FleetSettings] = None
+    # Set: Paddle Serving's gRPC service (PipelineService/inference) is served on this port
+    # too, with at most `max_grpc_streams` calls in flight per client connection.
+    grpc_port: Optional[Annotated[int, Field(ge=1, le=65535)]] = None
+    max_grpc_streams: PositiveInt = 100
 
 
 # --- backends --------------------------------------------------------------------------------
@@ -164,6 +176,8 @@ class RouterSettings(Frozen):
 
 class BackendConfig(Frozen):
     endpoints: Annotated[tuple[Endpoint, ...], Field(min_length=1)]
+    # The same servers' RPC ports, in the order of `endpoints`: gRPC calls go there.
+    grpc_endpoints: Optional[Annotated[tuple[RpcEndpoint, ...], Field(min_length=1)]] = None
     version: str
     model: Optional[str] = None
     device: Annotated[str, AfterValidator(_check_device)] = "cpu"
@@ -179,6 +193,24 @@ class BackendConfig(Frozen):
     def _unique_endpoints(cls, endpoints: tuple[str, ...]) -> tuple[str, ...]:
         _refuse_repeats("", endpoints)
         return endpoints
+
+    @field_validator("grpc_endpoints")
+    @classmethod
+    def _unique_rpc_endpoints(
+        cls, endpoints: Optional[tuple[str, ...]]
+    ) -> Optional[tuple[str, ...]]:
+        if endpoints is not None:
+            _refuse_repeats("", endpoints)
+        return endpoints
+
+    @model_validator(mode="after")
+    def _rpc_endpoint_per_endpoint(self) -> BackendConfig:
+        if self.grpc_endpoints is not None and len(self.grpc_endpoints) != len(self.endpoints):
+            raise ValueError(
+                f"grpc_endpoints: {len(self.grpc_endpoints)} listed for "
+                f"{len(self.endpoints)} endpoints (one RPC port per server, in the same order)"
+            )
+        return self
 
 
 # --- experiments -----------------------------------------------------------------------------
