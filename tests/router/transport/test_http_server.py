@@ -16,19 +16,12 @@ import pytest_asyncio
 from aiohttp.test_utils import TestServer
 
 from router.transport import http_server as fastpath
-from tests.router.fakes import FakePipeline, start_fake, url_of
+from tests.router.fakes import FakePipeline, url_of
 from tests.router.harness import FastPathTestServer, build_app, exposures, registry
 from tests.router.transport.rawclient import BODY, ROUTE, Connection, post
 from tests.support import eventually
 
 pytestmark = pytest.mark.asyncio
-
-
-@pytest_asyncio.fixture
-async def backend() -> AsyncIterator[tuple[FakePipeline, TestServer]]:
-    fake, server = await start_fake("v1")
-    yield fake, server
-    await server.close()
 
 
 @pytest_asyncio.fixture

@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestServer
 
-from tests.router.fakes import FakePipeline, start_fake, url_of
+from tests.router.fakes import FakePipeline, url_of
 from tests.router.harness import FastPathTestServer, build_app, exposures, registry
 from tests.router.transport.rawclient import BODY, ROUTE, Connection, post
 
@@ -35,13 +35,6 @@ LIMITS = {
 
 Connect = Callable[[], Awaitable[Connection]]
 Start = Callable[..., Awaitable[tuple[FastPathTestServer, Connect]]]
-
-
-@pytest_asyncio.fixture
-async def backend() -> AsyncIterator[tuple[FakePipeline, TestServer]]:
-    fake, server = await start_fake("v1")
-    yield fake, server
-    await server.close()
 
 
 @pytest_asyncio.fixture
