@@ -285,6 +285,7 @@ def write_systemd_units(
                 model=server.model,
                 port=server.port,
                 rpc_port=server.rpc_port or "",
+                rpc_option="" if server.rpc_port is None else f" --rpc-port {server.rpc_port}",
                 device=server.device,
                 workdir=run_dir / "serving" / server.key,
                 grace=f"{grace_s:g}s",

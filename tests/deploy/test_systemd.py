@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import yaml
@@ -29,13 +30,14 @@ HARDENING = [
 ]
 
 
-def _serving_unit(tmp_path: Path) -> Path:
+def _serving_unit(tmp_path: Path, rpc_port: Optional[int] = None) -> Path:
     """The unit `deploy.sh up --systemd` writes, rendered by the same code."""
     server = LocalServer(
         backend="sentiment-v1",
         model=Path("/opt/paddle-ab/models/sentiment_v1"),
         device="cpu",
         port=18080,
+        rpc_port=rpc_port,
     )
     (unit,) = write_systemd_units([server], tmp_path, Path("/var/lib/paddle-ab-serving"), 10.0)
     return unit
@@ -77,6 +79,20 @@ def test_serving_unit_is_sandboxed(tmp_path: Path) -> None:
         assert setting in settings, setting
     assert "ReadWritePaths=-/var/lib/paddle-ab-serving/serving/sentiment-v1-18080" in settings
     assert "PrivateDevices=true" not in settings  # the GPU's device files
+    assert _exposure(unit) <= MAX_EXPOSURE
+
+
+def _exec_start(unit: Path) -> str:
+    (line,) = [s for s in _settings(unit) if s.startswith("ExecStart=")]
+    return line
+
+
+def test_serving_unit_starts_on_the_configured_rpc_port(tmp_path: Path) -> None:
+    without = _exec_start(_serving_unit(tmp_path / "http-only"))
+    assert "--rpc-port" not in without  # a free RPC port at each start
+    assert without.endswith("--grace 10s")
+    unit = _serving_unit(tmp_path / "grpc", rpc_port=19080)
+    assert _exec_start(unit) == without + " --rpc-port 19080"
     assert _exposure(unit) <= MAX_EXPOSURE
 
 
