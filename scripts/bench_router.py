@@ -14,6 +14,7 @@ usage: scripts/bench_router.sh [--duration S] [--rounds N] [--static-concurrency
                                [--paddle-concurrency 1,16] [--models DIR] [--skip-paddle]
                                [--probe-rounds N] [--baseline DIR]
                                [--isolate] [--json FILE] [--workers-section]
+                               [--grpc-section [--grpc-concurrency 1,16]]
 
 `--baseline DIR` runs a second router, from another checkout, beside this one: the same load,
 the same rounds and the same alternating client measure both, so a change is judged side by
@@ -24,6 +25,14 @@ the router alone (`router`), the router in a fleet with `--workers 1` and `--wor
 (`router-w1`, `router-w2`; a `redis-server` on a free port holds the fleet's state) and nginx
 `split_clients` with `worker_processes 1` and `2` (`nginx`, `nginx-w2`). The CPU of a router
 with workers is its supervisor's and every worker's.
+
+`--grpc-section` measures, instead, Paddle Serving's gRPC service (`PipelineService/inference`)
+on the demo model: direct to the server's RPC port (`direct`) against through the router's
+`router.grpc_port` (`router`), at `--grpc-concurrency` clients, interleaved rounds as above.
+wrk cannot speak gRPC: the load comes from Python threads here, one channel (one HTTP/2
+connection) and one blocking call at a time per client, each sending one of 1,000 pre-built
+requests (the PipelineClient message: `x` as JSON text and a random `user_id`), so the same
+Python client's own cost is in both paths. Needs neither wrk nor nginx.
 """
 
 from __future__ import annotations
@@ -44,7 +53,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
@@ -522,22 +531,33 @@ class Target:
     pids: list[int]  # proxy processes whose CPU is measured (none for direct)
 
 
+# One load run: (target, concurrency, seconds) -> (req/s, p50 ms, p99 ms, errors).
+LoadRun = Callable[[Target, int, float], tuple[float, float, float, int]]
+
+
 def measure(
     targets: list[Target],
     concurrency: dict[str, list[int]],
-    script: Path,
+    script: Optional[Path],
     duration: float,
     rounds: int,
+    load: Optional[LoadRun] = None,
 ) -> list[Result]:
     """Every (target, concurrency) `rounds` times, interleaved so that a noisy minute on a
     shared machine hits all paths alike; the median round of each is reported, with its
-    p50 overhead over direct paired round by round."""
+    p50 overhead over direct paired round by round. The load is wrk with `script` unless
+    `load` is given (the gRPC section's Python clients)."""
     from tqdm import tqdm
 
+    def wrk_load(target: Target, conc: int, seconds: float) -> tuple[float, float, float, int]:
+        assert script is not None
+        return run_wrk(target.url, script, conc, seconds)
+
+    run = load or wrk_load
     runs = [
         (t, c)
         for _ in range(rounds)
-        for backend in ("static", "paddle")
+        for backend in concurrency
         for c in concurrency[backend]
         for t in targets
         if t.backend == backend
@@ -546,9 +566,9 @@ def measure(
     progress = tqdm(runs, desc="bench", unit="run", file=sys.stderr)
     for target, conc in progress:
         progress.set_postfix_str(f"{target.backend}/{target.path} c={conc}")
-        run_wrk(target.url, script, conc, 1)  # warm up connections and caches
+        run(target, conc, 1)  # warm up connections and caches
         before = cpu_seconds(target.pids) if target.pids else None
-        rps, p50, p99, errors = run_wrk(target.url, script, conc, duration)
+        rps, p50, p99, errors = run(target, conc, duration)
         used = cpu_seconds(target.pids) - before if before is not None else None
         result = Result(target.backend, target.path, conc, rps, p50, p99, errors, used, duration)
         measured.setdefault((target.backend, target.path, conc), []).append(result)
@@ -785,6 +805,178 @@ def report_workers(results: list[Result]) -> None:
         print(f"static c={conc}: " + "; ".join(parts))
 
 
+# --- the gRPC section --------------------------------------------------------------------------
+
+
+def grpc_requests(count: int = 1000) -> list[tuple[Any, tuple[tuple[str, str], ...]]]:
+    """PipelineClient's message for the demo request (`x` as JSON text), with a random unit id
+    in the metadata `x-user-id` (which Paddle Serving ignores, so that both paths get the same
+    bytes): built once, cycled by the clients."""
+    import random
+
+    from router.transport.pipeline_rpc import PipelineRequest
+    from tests.support import demo_request
+
+    request = PipelineRequest(
+        key=["x"], value=[demo_request(1)["value"][0]], logid=0, clientip="127.0.0.1"
+    )
+    rng = random.Random()
+    return [
+        (request, (("x-user-id", f"user-{rng.randint(1, 1_000_000_000)}"),)) for _ in range(count)
+    ]
+
+
+def run_grpc(
+    address: str,
+    requests: list[tuple[Any, tuple[tuple[str, str], ...]]],
+    concurrency: int,
+    duration: float,
+) -> tuple[float, float, float, int]:
+    """`concurrency` client threads, each with its own channel, one blocking call at a time
+    for `duration` seconds: req/s, p50 and p99 in ms, and errors (a gRPC status other than
+    OK, or `err_no` != 0)."""
+    import threading
+
+    import grpc
+
+    from router.transport.pipeline_rpc import METHOD, PipelineRequest, PipelineResponse
+
+    channels = [grpc.insecure_channel(address) for _ in range(concurrency)]
+    start = threading.Barrier(concurrency + 1)
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    errors = [0] * concurrency
+    deadline = [0.0]
+
+    def client(index: int) -> None:
+        call = channels[index].unary_unary(
+            METHOD,
+            request_serializer=PipelineRequest.SerializeToString,
+            response_deserializer=PipelineResponse.FromString,
+        )
+        times = latencies[index]
+        position = index * (len(requests) // concurrency)
+        start.wait()
+        while True:
+            began = time.perf_counter()
+            if began >= deadline[0]:
+                return
+            try:
+                request, metadata = requests[position % len(requests)]
+                reply = call(request, timeout=10, metadata=metadata)
+                if reply.err_no != 0:
+                    errors[index] += 1
+            except grpc.RpcError:
+                errors[index] += 1
+            times.append(time.perf_counter() - began)
+            position += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    began = time.perf_counter()
+    deadline[0] = began + duration
+    start.wait()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - began
+    for channel in channels:
+        channel.close()
+    every = sorted(t for times in latencies for t in times)
+    if not every:
+        raise RuntimeError(f"bench: no gRPC call to {address} completed in {duration:g}s")
+    p50 = every[len(every) // 2] * 1000
+    p99 = every[min(len(every) - 1, int(len(every) * 0.99))] * 1000
+    return len(every) / elapsed, p50, p99, sum(errors)
+
+
+def grpc_registry(work: Path, http: str, rpc: str, grpc_port: int) -> Path:
+    """One experiment whose two arms are the same Paddle Serving server (HTTP and RPC port)."""
+    backends = {
+        name: {
+            "endpoints": [f"http://{http}"], "grpc_endpoints": [rpc],
+            "version": version, "timeout_ms": 5000,
+        }
+        for name, version in (("paddle-a", "v1"), ("paddle-b", "v1b"))
+    }  # fmt: skip
+    registry = {
+        "router": {
+            "log_dir": str(work / "router-logs"), "state_dir": str(work / "router-state"),
+            "grpc_port": grpc_port,
+        },
+        "backends": backends,
+        "experiments": {
+            "sentiment": {
+                "route": "/sentiment/prediction", "salt": "bench", "control": "paddle-a",
+                "treatment": "paddle-b", "traffic": 50,
+            }
+        },
+    }  # fmt: skip
+    path = work / "router-grpc.yaml"
+    path.write_text(json.dumps(registry, indent=2))  # JSON is YAML
+    return path
+
+
+def grpc_section(args: argparse.Namespace) -> int:
+    """Paddle Serving's gRPC service, direct against through the router, interleaved rounds
+    as in the main benchmark, the same Python clients for both."""
+    concurrency = {"grpc": [int(c) for c in args.grpc_concurrency.split(",")]}
+    with ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-router-")))
+        bundle = args.models / "sentiment_v1"
+        if not (bundle / "bundle.json").exists():
+            from serving.demo_models import build_demo_models
+
+            print(f"bench: training the demo models into {args.models}", flush=True)
+            build_demo_models(args.models)
+        server = start_server(bundle, free_port(), work / "paddle")
+        stack.callback(server.stop)
+        server.wait_ready()
+        grpc_port = free_port()
+        registry = grpc_registry(
+            work, f"127.0.0.1:{server.http_port}", server.rpc_address, grpc_port
+        )
+        _, router_pids = stack.enter_context(router(work, registry))
+        wait_port(grpc_port)
+        requests = grpc_requests()
+        targets = [
+            Target("grpc", "direct", server.rpc_address, []),
+            Target("grpc", "router", f"127.0.0.1:{grpc_port}", router_pids),
+        ]
+
+        def load(target: Target, conc: int, seconds: float) -> tuple[float, float, float, int]:
+            return run_grpc(target.url, requests, conc, seconds)
+
+        results = measure(targets, concurrency, None, args.duration, args.rounds, load)
+        time.sleep(0.5)  # the router flushes its exposure log every 0.2 s
+        logged = sum(
+            len(p.read_text().splitlines())
+            for p in (work / "router-logs").glob("exposures-*.jsonl")
+        )
+    report(results)
+    report_grpc(results)
+    print(f"\nrouter exposure records written during the section: {logged}")
+    if args.json:
+        rows = [{**asdict(r), "per_core": r.per_core} for r in results]
+        args.json.write_text(json.dumps({"runs": rows}, indent=2))
+    return 0
+
+
+def report_grpc(results: list[Result]) -> None:
+    """Router against direct, per concurrency: throughput ratio, p50 and p99 overhead."""
+    index = {(r.path, r.concurrency): r for r in results}
+    print()
+    for conc in sorted({r.concurrency for r in results}):
+        direct, routed = index.get(("direct", conc)), index.get(("router", conc))
+        if direct is None or routed is None:
+            continue
+        print(
+            f"grpc c={conc}: router/direct throughput "
+            f"{routed.requests_per_s / direct.requests_per_s:.3f}, "
+            f"p50 overhead {routed.p50_overhead_ms:+.2f} ms (paired by round), "
+            f"p99 overhead {routed.p99_ms - direct.p99_ms:+.2f} ms"
+        )
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -814,11 +1006,20 @@ def main(argv: Optional[list[str]] = None) -> int:
         help="instead: the router with --workers 1 and 2 (in a fleet on a redis-server the "
         "bench starts) and nginx with 1 and 2 worker processes, static backend only",
     )  # fmt: skip
+    parser.add_argument(
+        "--grpc-section", action="store_true",
+        help="instead: Paddle Serving's gRPC service on the demo model, direct to its RPC port "
+        "against through the router's grpc_port, driven by Python gRPC clients (no wrk)",
+    )  # fmt: skip
+    parser.add_argument("--grpc-concurrency", default="1,16",
+                        help="concurrent gRPC clients, for --grpc-section")  # fmt: skip
     parser.add_argument("--serve-plain-proxy", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--serve-raw-proxy", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.workers_section and (args.baseline or args.isolate):
         parser.error("--workers-section takes neither --baseline nor --isolate")
+    if args.grpc_section and (args.baseline or args.isolate or args.workers_section):
+        parser.error("--grpc-section takes neither --baseline, --isolate nor --workers-section")
     if args.serve_plain_proxy:
         serve_plain_proxy(int(args.serve_plain_proxy[0]), args.serve_plain_proxy[1:])
         return 0
@@ -828,6 +1029,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     # SIGTERM/SIGHUP unwind like Ctrl-C, so the ExitStack below stops every server it started.
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.default_int_handler)
+    if args.grpc_section:
+        return grpc_section(args)
     ensure_tools(redis=args.workers_section)
     if args.workers_section:
         return workers_section(args)

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Router benchmark: direct vs router vs nginx split_clients, static and Paddle Serving backends.
 # Installs wrk and nginx from Debian if absent (needs root), and redis-server for
-# --workers-section; sets up .venv if needed.
+# --workers-section (--grpc-section needs none of them: Python gRPC clients); sets up .venv
+# if needed.
 # usage: scripts/bench_router.sh [--duration S] [--rounds N] [--static-concurrency 1,32]
-#                                [--paddle-concurrency 1,16] [--skip-paddle] [--probe-rounds N]
-#                                [--baseline DIR] [--isolate] [--json FILE] [--workers-section]
+#                                [--paddle-concurrency 1,16] [--models DIR] [--skip-paddle]
+#                                [--probe-rounds N] [--baseline DIR] [--isolate] [--json FILE]
+#                                [--workers-section]
+#                                [--grpc-section [--grpc-concurrency 1,16]]
+#        scripts/bench_router.sh --help   (what each path and section measures)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -13,8 +17,14 @@ if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
 fi
 scripts/setup.sh >/dev/null
 packages=()
-command -v wrk >/dev/null || packages+=(wrk)
-command -v nginx >/dev/null || packages+=(nginx-light)
+grpc_only=""
+for arg in "$@"; do
+  [ "$arg" != "--grpc-section" ] || grpc_only=1
+done
+if [ -z "$grpc_only" ]; then
+  command -v wrk >/dev/null || packages+=(wrk)
+  command -v nginx >/dev/null || packages+=(nginx-light)
+fi
 for arg in "$@"; do
   if [ "$arg" = "--workers-section" ] && ! command -v redis-server >/dev/null; then
     packages+=(redis-server)
