@@ -39,8 +39,9 @@ from router.guard.rollout import Decision, OperatorAction
 from router.guard.runtime import ActionResult, GuardRuntime, GuardSetup
 from router.guard.slo import WindowExport
 from router.guard.state import StateFileError, state_from_json, state_to_json
+from router.proxy.seams import DecisionRecord
 from router.records.jsonl import JsonlWriter
-from router.registry.schema import FleetSettings
+from router.registry.schema import FleetSettings, RouterConfig
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +212,7 @@ class FleetRuntime(GuardRuntime):
 
     # --- reloads -----------------------------------------------------------------------------
 
-    def on_reload(self, old: Any, new: Any) -> list[Any]:
+    def on_reload(self, old: RouterConfig, new: RouterConfig) -> list[DecisionRecord]:
         records = super().on_reload(old, new)
         self._experiments = list(new.experiments)
         self._unpublished.update(record["experiment"] for record in records)
