@@ -15,12 +15,12 @@ from typing import Any, Callable, Optional
 import numpy as np
 import pytest
 import yaml
-from paddle_serving_server.pipeline import PipelineClient
 
 from router.experiment.assign import compile_plans
 from router.registry.loading import load_config
 from serving.launcher import free_port
 from tests.conftest import Backend, BackendFactory
+from tests.pipeline_client import pipeline_client_class
 from tests.router.router_process import RouterProcess, start_router
 from tests.support import REPO, demo_request, eventually
 
@@ -64,14 +64,14 @@ def registry(
     return grpc_port
 
 
-def client(address: str) -> PipelineClient:
-    """Exactly as Paddle Serving's examples do."""
-    pipeline = PipelineClient()
+def client(address: str) -> Any:
+    """Exactly as Paddle Serving's examples do (a PipelineClient)."""
+    pipeline = pipeline_client_class()()
     pipeline.connect([address])
     return pipeline
 
 
-def answer(pipeline: PipelineClient, feed: dict[str, Any], **options: Any) -> tuple[int, str]:
+def answer(pipeline: Any, feed: dict[str, Any], **options: Any) -> tuple[int, str]:
     response = pipeline.predict(feed_dict=feed, fetch=FETCH, **options)
     return response.err_no, json.dumps(dict(zip(response.key, response.value)))
 
