@@ -41,6 +41,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from serving.launcher import stop_process_group  # noqa: E402
+from serving.supervisor import signal_tree  # noqa: E402
 from serving.synthetic import make_reviews  # noqa: E402
 
 PYTHON = sys.executable
@@ -342,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"   (slo: p99 <= {slo['p99_ms']} ms, error rate <= {slo['error_rate']}, "
             f"{slo['failed_checks']} failed checks in a row, one every {slo['interval']})"
         )
-        os.killpg(treatment_pid, signal.SIGSTOP)
+        signal_tree(treatment_pid, signal.SIGSTOP)  # its worker has a process group of its own
         frozen_at = time.monotonic()
         try:
             extra = make_users(args.rollback_users, args.seed + 1, first_id=args.users)
@@ -352,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise RuntimeError("the SLO guard did not roll the frozen treatment back")
             print(f"   rolled back {time.monotonic() - frozen_at:.0f}s after the freeze")
         finally:
-            os.killpg(treatment_pid, signal.SIGCONT)
+            signal_tree(treatment_pid, signal.SIGCONT)
         state = experiment_state(router_url)
         print(
             f"   last decision: {json.dumps(state.get('last_decision', state), default=str)[:400]}"
