@@ -33,7 +33,6 @@ server's RPC port are ejected apart.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ from router.proxy.seams import (
     ShadowListener,
     TrafficPolicy,
 )
-from router.proxy.upstreams import BAD_INPUT_ERR_NO, MAX_ERR_MSG_CHARS, PROBE_TICK_S
+from router.proxy.upstreams import BAD_INPUT_ERR_NO, MAX_ERR_MSG_CHARS, probe_ejected_forever
 from router.records.exposure import exposure_record
 from router.records.jsonl import EventLogs
 from router.records.metrics import LATENCY_BUCKETS, RouterMetrics, Tally, TallyHistogram
@@ -249,24 +248,9 @@ class RpcUpstreams:
         self._metrics.backend_duration.observe((backend,), latency)
 
     async def probe_forever(self) -> None:
-        probes: set[asyncio.Task[None]] = set()
-        try:
-            while True:
-                now = time.monotonic()
-                for backend in self._backends.values():
-                    for endpoint in backend.endpoints:
-                        if endpoint.up or endpoint.probing or now < endpoint.next_probe_at:
-                            continue
-                        endpoint.probing = True
-                        task = asyncio.ensure_future(self._probe(backend, endpoint))
-                        probes.add(task)
-                        task.add_done_callback(probes.discard)
-                await asyncio.sleep(PROBE_TICK_S)
-        finally:
-            for task in probes:
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(*probes, return_exceptions=True)
+        await probe_ejected_forever(
+            lambda: ((b, e) for b in self._backends.values() for e in b.endpoints), self._probe
+        )
 
     async def _probe(self, backend: RpcBackend, endpoint: RpcEndpointState) -> None:
         """Replay the last good request (err_no 0 wanted); without one, any reply will do."""

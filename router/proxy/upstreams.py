@@ -20,9 +20,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, Optional, Union
+from typing import Any, Literal, NamedTuple, Optional, Protocol, TypeVar, Union
 
 from router.proxy.intake import parse_json
 from router.records.metrics import RouterMetrics
@@ -43,6 +43,45 @@ log = logging.getLogger(__name__)
 
 FailureKind = Literal["error", "timeout", "bad_input"]
 PROBE_TICK_S = 0.1
+
+
+class Probed(Protocol):
+    """An endpoint the prober watches (HTTP here, gRPC in router.proxy.grpc_path)."""
+
+    up: bool
+    probing: bool
+    next_probe_at: float
+
+
+BackendT = TypeVar("BackendT")
+EndpointT = TypeVar("EndpointT", bound=Probed)
+
+
+async def probe_ejected_forever(
+    endpoints: Callable[[], Iterable[tuple[BackendT, EndpointT]]],
+    probe: Callable[[BackendT, EndpointT], Awaitable[None]],
+) -> None:
+    """Every PROBE_TICK_S, start `probe` on each ejected endpoint due for one (one at a time
+    per endpoint); runs until cancelled, then cancels the probes under way."""
+    probes: set[asyncio.Task[None]] = set()
+    try:
+        while True:
+            now = time.monotonic()
+            for backend, endpoint in endpoints():
+                if endpoint.up or endpoint.probing or now < endpoint.next_probe_at:
+                    continue
+                endpoint.probing = True
+                task = asyncio.ensure_future(probe(backend, endpoint))
+                probes.add(task)
+                task.add_done_callback(probes.discard)
+            await asyncio.sleep(PROBE_TICK_S)
+    finally:
+        for task in probes:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*probes, return_exceptions=True)
+
+
 # The pipeline reply's `err_no` for input the model cannot take: the first of the codes Paddle
 # Serving leaves to products (51-99; its own are 0, 50 and 3000-10000). The serving op sends it
 # (serving.pipeline_service.BAD_INPUT_ERR_NO, kept equal by a test: the router imports nothing
@@ -400,24 +439,9 @@ class Upstreams:
 
     async def probe_forever(self) -> None:
         """Bring ejected endpoints back once they answer; runs until cancelled."""
-        probes: set[asyncio.Task[None]] = set()
-        try:
-            while True:
-                now = time.monotonic()
-                for backend in self.current.values():
-                    for endpoint in backend.endpoints:
-                        if endpoint.up or endpoint.probing or now < endpoint.next_probe_at:
-                            continue
-                        endpoint.probing = True
-                        task = asyncio.ensure_future(self._probe(backend, endpoint))
-                        probes.add(task)
-                        task.add_done_callback(probes.discard)
-                await asyncio.sleep(PROBE_TICK_S)
-        finally:
-            for task in probes:
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(*probes, return_exceptions=True)
+        await probe_ejected_forever(
+            lambda: ((b, e) for b in self.current.values() for e in b.endpoints), self._probe
+        )
 
     async def _probe(self, backend: BackendRuntime, endpoint: EndpointState) -> None:
         try:
